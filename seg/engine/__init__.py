@@ -1,0 +1,1 @@
+"""Training and evaluation machinery: checkpoints, LR schedule, distributed setup."""

@@ -1,0 +1,97 @@
+"""Building blocks shared by the backbones and heads."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+
+def make_divisible(value: float, divisor: int, min_value: Optional[int] = None) -> int:
+    """Round `value` to the nearest multiple of `divisor`, never going down by more than 10%.
+
+    This is the rounding of the MobileNet papers' reference code (and of torchvision); with
+    divisor 1 it is plain rounding to the nearest integer.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv2d (no bias) -> BatchNorm2d -> activation (or none).
+
+    Padding keeps the "same" size at stride 1 for any dilation; `set_stride_dilation` changes a
+    built layer's stride and dilation in place (used to switch the output stride).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        activation: Optional[Callable[[], nn.Module]] = nn.ReLU,
+        bn_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2 * dilation,
+            dilation=dilation,
+            groups=groups,
+            bias=False,
+        )
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps)
+        if activation is not None:
+            self.act = activation()
+
+    def set_stride_dilation(self, stride: int, dilation: int) -> None:
+        k = self.conv.kernel_size[0]
+        self.conv.stride = (stride, stride)
+        self.conv.dilation = (dilation, dilation)
+        self.conv.padding = ((k - 1) // 2 * dilation,) * 2
+
+
+class SqueezeExcitation(nn.Module):
+    """MobileNetV3's squeeze-and-excitation: pool, 1x1 reduce + ReLU, 1x1 expand + hard-sigmoid."""
+
+    def __init__(self, channels: int, squeeze_channels: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
+        self.gate = nn.Hardsigmoid(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = x.mean(dim=(2, 3), keepdim=True)
+        scale = self.gate(self.fc2(self.relu(self.fc1(scale))))
+        return x * scale
+
+
+def dilated_strides(strides: list[int], output_stride: int) -> list[tuple[int, int]]:
+    """Per-layer (stride, dilation) so that the network's total stride stops at `output_stride`.
+
+    Follows DeepLab: once the running stride has reached the output stride, a layer that would
+    downsample keeps stride 1 and uses the current atrous rate, and the rate of every later layer
+    is multiplied by the stride it dropped.
+    """
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"model.output_stride must be 8, 16 or 32, got {output_stride}")
+    current_stride, rate, out = 1, 1, []
+    for s in strides:
+        if current_stride == output_stride and s > 1:
+            out.append((1, rate))
+            rate *= s
+        else:
+            current_stride *= s
+            out.append((s, rate))
+    return out

@@ -1,0 +1,164 @@
+"""MobileNetV2 encoder (Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks",
+2018) as DeepLab uses it: the stem and the 17 inverted-residual blocks, without the final
+1280-channel 1x1 conv, with output stride 8/16/32 by atrous convolution.
+
+Module names follow the TensorFlow reference (`stem`, `blocks.N.{expand,depthwise,project}`) so
+that both torchvision's and DeepLab's checkpoints map onto them by name (see `weights.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from seg.config import ChannelRounding
+from seg.models.layers import ConvBNAct, dilated_strides, make_divisible
+
+# (expansion t, output channels c, repeats n, first stride s): Table 2 of the paper.
+INVERTED_RESIDUAL_SETTING = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
+STEM_CHANNELS = 32
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand (skipped when t=1) -> 3x3 depthwise -> 1x1 linear projection, + identity."""
+
+    def __init__(
+        self, in_channels: int, expanded_channels: int, out_channels: int, stride: int, dilation: int
+    ) -> None:
+        super().__init__()
+        self.stride = stride  # the nominal stride, which decides the residual connection
+        self.expand = (
+            ConvBNAct(in_channels, expanded_channels, 1, activation=nn.ReLU6)
+            if expanded_channels != in_channels
+            else None
+        )
+        self.depthwise = ConvBNAct(
+            expanded_channels,
+            expanded_channels,
+            3,
+            stride=stride,
+            dilation=dilation,
+            groups=expanded_channels,
+            activation=nn.ReLU6,
+        )
+        self.project = ConvBNAct(expanded_channels, out_channels, 1, activation=None)
+        self.use_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x if self.expand is None else self.expand(x)
+        out = self.project(self.depthwise(out))
+        return x + out if self.use_residual else out
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 feature extractor returning `{"low_level", "mid_level", "out"}`.
+
+    `low_level` is the last stride-4 feature map (24 channels at multiplier 1.0), `mid_level` the
+    last stride-8 one (32 channels) and `out` the last block's output at the output stride (320).
+    `channels` gives their channel counts.
+    """
+
+    def __init__(
+        self,
+        depth_multiplier: float = 1.0,
+        output_stride: int = 16,
+        channel_rounding: ChannelRounding | str = ChannelRounding.deeplab,
+    ) -> None:
+        super().__init__()
+        rounding = ChannelRounding(channel_rounding)
+        self.depth_multiplier = depth_multiplier
+
+        def width(c: int) -> int:
+            if rounding is ChannelRounding.torchvision or depth_multiplier == 1.0:
+                return make_divisible(c * depth_multiplier, 8)
+            # DeepLab's dm != 1 checkpoints: min_depth = divisible_by = 1.
+            return make_divisible(c * depth_multiplier, 1)
+
+        def expansion(in_channels: int, t: int) -> int:
+            if t == 1:
+                return in_channels
+            if rounding is ChannelRounding.torchvision:
+                return int(round(in_channels * t))
+            return make_divisible(in_channels * t, 8)
+
+        stem_channels = width(STEM_CHANNELS)
+        layers: list[tuple[int, int, int, int]] = []  # (in, expanded, out, nominal stride)
+        in_channels = stem_channels
+        for t, c, n, s in INVERTED_RESIDUAL_SETTING:
+            out_channels = width(c)
+            for i in range(n):
+                layers.append((in_channels, expansion(in_channels, t), out_channels, s if i == 0 else 1))
+                in_channels = out_channels
+        self._nominal_strides = [2] + [layer[3] for layer in layers]
+        placement = dilated_strides(self._nominal_strides, output_stride)
+
+        self.stem = ConvBNAct(3, stem_channels, 3, stride=2, activation=nn.ReLU6)
+        self.blocks = nn.ModuleList(
+            InvertedResidual(cin, cexp, cout, stride, dilation)
+            for (cin, cexp, cout, _), (stride, dilation) in zip(layers, placement[1:])
+        )
+        self.output_stride = output_stride
+
+        # Feature taps: the last block at nominal stride 4 and 8.
+        cumulative, self._taps = 2, {}
+        for index, (_, _, cout, s) in enumerate(layers):
+            cumulative *= s
+            if cumulative == 4:
+                self._taps["low_level"] = index
+            elif cumulative == 8:
+                self._taps["mid_level"] = index
+        self.channels = {
+            "low_level": layers[self._taps["low_level"]][2],
+            "mid_level": layers[self._taps["mid_level"]][2],
+            "out": layers[-1][2],
+        }
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Switch between output stride 8, 16 and 32 by changing strides and dilations only."""
+        placement = dilated_strides(self._nominal_strides, output_stride)
+        for block, (stride, dilation) in zip(self.blocks, placement[1:]):
+            block.depthwise.set_stride_dilation(stride, dilation)
+        self.output_stride = output_stride
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features: dict[str, torch.Tensor] = {}
+        x = self.stem(x)
+        low, mid = self._taps["low_level"], self._taps["mid_level"]
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index == low:
+                features["low_level"] = x
+            elif index == mid:
+                features["mid_level"] = x
+        features["out"] = x
+        return features
+
+
+def mobilenet_v2(
+    depth_multiplier: float = 1.0,
+    output_stride: int = 16,
+    channel_rounding: ChannelRounding | str = ChannelRounding.deeplab,
+    pretrained: Optional[str] = None,
+    weights: Optional[str] = None,
+) -> MobileNetV2:
+    """Build a MobileNetV2 encoder, optionally initialised from torchvision's ImageNet weights.
+
+    `weights` is a local torchvision `mobilenet_v2` state_dict file; `pretrained="imagenet"` fetches
+    torchvision's published weights through its weights API (only depth multiplier 1.0 exists).
+    """
+    model = MobileNetV2(depth_multiplier, output_stride, channel_rounding)
+    if weights is not None or pretrained is not None:
+        from seg.models.weights import load_imagenet_weights
+
+        load_imagenet_weights(model, "mobilenet_v2", pretrained=pretrained, weights=weights)
+    return model

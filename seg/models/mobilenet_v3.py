@@ -1,0 +1,196 @@
+"""MobileNetV3-Large and -Small encoders (Howard et al., "Searching for MobileNetV3", 2019,
+Tables 1 and 2): hard-swish, squeeze-and-excitation with hard-sigmoid gating, output stride
+8/16/32 by atrous convolution.
+
+The encoder keeps the final 1x1 conv (960 / 576 channels at multiplier 1.0) as the paper's
+segmentation experiments and torchvision's segmentation models do. Channel widths are rounded to
+multiples of 8 (the paper's reference code; torchvision and DeepLab's MobileNetV3 agree, so both
+`channel_rounding` modes give the same network).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from seg.config import ChannelRounding
+from seg.models.layers import ConvBNAct, SqueezeExcitation, dilated_strides, make_divisible
+
+
+class BlockSpec(NamedTuple):
+    kernel: int
+    expanded: int
+    out: int
+    use_se: bool
+    hardswish: bool
+    stride: int
+
+
+# Table 1 (Large) and Table 2 (Small): kernel, expansion size, output channels, SE, NL, stride.
+LARGE = [
+    BlockSpec(3, 16, 16, False, False, 1),
+    BlockSpec(3, 64, 24, False, False, 2),
+    BlockSpec(3, 72, 24, False, False, 1),
+    BlockSpec(5, 72, 40, True, False, 2),
+    BlockSpec(5, 120, 40, True, False, 1),
+    BlockSpec(5, 120, 40, True, False, 1),
+    BlockSpec(3, 240, 80, False, True, 2),
+    BlockSpec(3, 200, 80, False, True, 1),
+    BlockSpec(3, 184, 80, False, True, 1),
+    BlockSpec(3, 184, 80, False, True, 1),
+    BlockSpec(3, 480, 112, True, True, 1),
+    BlockSpec(3, 672, 112, True, True, 1),
+    BlockSpec(5, 672, 160, True, True, 2),
+    BlockSpec(5, 960, 160, True, True, 1),
+    BlockSpec(5, 960, 160, True, True, 1),
+]
+SMALL = [
+    BlockSpec(3, 16, 16, True, False, 2),
+    BlockSpec(3, 72, 24, False, False, 2),
+    BlockSpec(3, 88, 24, False, False, 1),
+    BlockSpec(5, 96, 40, True, True, 2),
+    BlockSpec(5, 240, 40, True, True, 1),
+    BlockSpec(5, 240, 40, True, True, 1),
+    BlockSpec(5, 120, 48, True, True, 1),
+    BlockSpec(5, 144, 48, True, True, 1),
+    BlockSpec(5, 288, 96, True, True, 2),
+    BlockSpec(5, 576, 96, True, True, 1),
+    BlockSpec(5, 576, 96, True, True, 1),
+]
+STEM_CHANNELS = 16
+BN_EPS = 1e-3  # the paper's reference code and torchvision's MobileNetV3 both use 0.001
+
+
+class InvertedResidualV3(nn.Module):
+    """1x1 expand (skipped when expansion = input) -> kxk depthwise -> SE -> 1x1 linear projection."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        spec: BlockSpec,
+        expanded: int,
+        out_channels: int,
+        stride: int,
+        dilation: int,
+    ) -> None:
+        super().__init__()
+        act = nn.Hardswish if spec.hardswish else nn.ReLU
+        self.expand = (
+            ConvBNAct(in_channels, expanded, 1, activation=act, bn_eps=BN_EPS) if expanded != in_channels else None
+        )
+        self.depthwise = ConvBNAct(
+            expanded, expanded, spec.kernel, stride=stride, dilation=dilation, groups=expanded, activation=act, bn_eps=BN_EPS
+        )
+        self.se = SqueezeExcitation(expanded, make_divisible(expanded // 4, 8)) if spec.use_se else None
+        self.project = ConvBNAct(expanded, out_channels, 1, activation=None, bn_eps=BN_EPS)
+        self.use_residual = spec.stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x if self.expand is None else self.expand(x)
+        out = self.depthwise(out)
+        if self.se is not None:
+            out = self.se(out)
+        out = self.project(out)
+        return x + out if self.use_residual else out
+
+
+class MobileNetV3(nn.Module):
+    """MobileNetV3 feature extractor returning `{"low_level", "mid_level", "out"}` (strides 4, 8
+    and the output stride); `channels` gives their channel counts."""
+
+    def __init__(
+        self,
+        specs: list[BlockSpec],
+        depth_multiplier: float = 1.0,
+        output_stride: int = 16,
+    ) -> None:
+        super().__init__()
+
+        def width(c: int) -> int:
+            return make_divisible(c * depth_multiplier, 8)
+
+        self.depth_multiplier = depth_multiplier
+        self._nominal_strides = [2] + [s.stride for s in specs]
+        placement = dilated_strides(self._nominal_strides, output_stride)
+        stem_channels = width(STEM_CHANNELS)
+        self.stem = ConvBNAct(3, stem_channels, 3, stride=2, activation=nn.Hardswish, bn_eps=BN_EPS)
+
+        blocks, in_channels, cumulative, self._taps = [], stem_channels, 2, {}
+        channels: dict[str, int] = {}
+        for index, (spec, (stride, dilation)) in enumerate(zip(specs, placement[1:])):
+            out_channels = width(spec.out)
+            blocks.append(InvertedResidualV3(in_channels, spec, width(spec.expanded), out_channels, stride, dilation))
+            in_channels = out_channels
+            cumulative *= spec.stride
+            name = {4: "low_level", 8: "mid_level"}.get(cumulative)
+            if name is not None:
+                self._taps[name] = index
+                channels[name] = out_channels
+        self.blocks = nn.ModuleList(blocks)
+        last_channels = 6 * in_channels
+        self.last_conv = ConvBNAct(in_channels, last_channels, 1, activation=nn.Hardswish, bn_eps=BN_EPS)
+        channels["out"] = last_channels
+        self.channels = channels
+        self.output_stride = output_stride
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Switch between output stride 8, 16 and 32 by changing strides and dilations only."""
+        placement = dilated_strides(self._nominal_strides, output_stride)
+        for block, (stride, dilation) in zip(self.blocks, placement[1:]):
+            block.depthwise.set_stride_dilation(stride, dilation)
+        self.output_stride = output_stride
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features: dict[str, torch.Tensor] = {}
+        x = self.stem(x)
+        low, mid = self._taps["low_level"], self._taps["mid_level"]
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index == low:
+                features["low_level"] = x
+            elif index == mid:
+                features["mid_level"] = x
+        features["out"] = self.last_conv(x)
+        return features
+
+
+def _build(
+    arch: str,
+    specs: list[BlockSpec],
+    depth_multiplier: float,
+    output_stride: int,
+    channel_rounding: ChannelRounding | str,
+    pretrained: Optional[str],
+    weights: Optional[str],
+) -> MobileNetV3:
+    ChannelRounding(channel_rounding)  # validates the value; both modes round to multiples of 8
+    model = MobileNetV3(specs, depth_multiplier, output_stride)
+    if weights is not None or pretrained is not None:
+        from seg.models.weights import load_imagenet_weights
+
+        load_imagenet_weights(model, arch, pretrained=pretrained, weights=weights)
+    return model
+
+
+def mobilenet_v3_large(
+    depth_multiplier: float = 1.0,
+    output_stride: int = 16,
+    channel_rounding: ChannelRounding | str = ChannelRounding.deeplab,
+    pretrained: Optional[str] = None,
+    weights: Optional[str] = None,
+) -> MobileNetV3:
+    """MobileNetV3-Large encoder; `weights` / `pretrained` as in `mobilenet_v2`."""
+    return _build("mobilenet_v3_large", LARGE, depth_multiplier, output_stride, channel_rounding, pretrained, weights)
+
+
+def mobilenet_v3_small(
+    depth_multiplier: float = 1.0,
+    output_stride: int = 16,
+    channel_rounding: ChannelRounding | str = ChannelRounding.deeplab,
+    pretrained: Optional[str] = None,
+    weights: Optional[str] = None,
+) -> MobileNetV3:
+    """MobileNetV3-Small encoder; `weights` / `pretrained` as in `mobilenet_v2`."""
+    return _build("mobilenet_v3_small", SMALL, depth_multiplier, output_stride, channel_rounding, pretrained, weights)
