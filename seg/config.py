@@ -47,6 +47,10 @@ class BackboneConfig:
     pretrained: Optional[str] = None
     # Path of a local torchvision state_dict (.pth) to initialise from; wins over `pretrained`.
     weights: Optional[str] = None
+    # Numerics of TensorFlow checkpoints (set by tools/convert_tf.py): batch-norm epsilon (null: the
+    # architecture's default, 1e-5 for MobileNetV2, 1e-3 for MobileNetV3) and TF "SAME" padding.
+    bn_eps: Optional[float] = None
+    tf_same_padding: bool = False
 
 
 @dataclass
@@ -113,10 +117,10 @@ class SyntheticConfig:
     num_val: int = 100
     image_size: int = 128  # square images, pixels
     seed: int = 0
-    min_objects: int = 1  # objects per image
-    max_objects: int = 3
-    min_scale: float = 0.16  # object half-extent as a fraction of image_size
-    max_scale: float = 0.36
+    min_objects: int = 2  # objects per image
+    max_objects: int = 4
+    min_scale: float = 0.25  # object half-extent as a fraction of image_size
+    max_scale: float = 0.45
     min_visible: float = 0.5  # occlusion limit: each object keeps at least this fraction visible
     ignore_border: int = 1  # width of the 255 band along instance outlines (0: none)
     jpeg_quality: int = 90
@@ -166,24 +170,59 @@ class DatasetConfig:
 # ---------------------------------------------------------------------------------------------
 
 
+class AmpDtype(str, Enum):
+    bfloat16 = "bfloat16"
+    float16 = "float16"  # with a gradient scaler
+
+
 @dataclass
 class TrainConfig:
+    """`tools/train.py`. Defaults are the published DeepLab MobileNetV2 recipe on VOC train_aug;
+    `conf/train/synthetic.yaml` holds the quick CPU settings of the built-in dataset."""
+
     max_iters: int = 30000
-    batch_size: int = 16
+    batch_size: int = 16  # global batch: split evenly between torchrun processes
     crop_size: int = 513
     lr: float = 0.007
     momentum: float = 0.9
-    weight_decay: float = 4e-5
+    weight_decay: float = 4e-5  # on conv/linear weights only, as DeepLab (not on BN or biases)
     poly_power: float = 0.9
     warmup_iters: int = 0
+    warmup_factor: float = 0.1  # lr multiplier at iteration 0 of the warm-up
     backbone_lr_mult: float = 1.0
     # Random scale augmentation; scale_step > 0 draws from {min, min+step, ..., max} as DeepLab does.
     scale_min: float = 0.5
     scale_max: float = 2.0
     scale_step: float = 0.25
     flip: bool = True
+    jitter: bool = False  # colour jitter
+    # Loss: cross-entropy ignoring dataset.ignore_index.
+    class_weights: Optional[List[float]] = None  # one per class
+    label_smoothing: float = 0.0
+    aux_loss_weight: float = 0.0  # > 0: an extra classifier on the stride-8 features (training only)
     seed: int = 0
     deterministic: bool = False
+    # Cadence, in iterations (0: only at the end).
+    eval_every: int = 2000
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    eval_max_images: Optional[int] = None  # periodic and final val evaluation (None: whole split)
+    vis_images: int = 4  # val images in the TensorBoard grid
+    # Start points: resume restores everything (model, optimizer, schedule, data order, RNG);
+    # init_from loads model weights only (fine-tuning). resume: "auto" (the run dir's last.pt, if
+    # any) or a path.
+    resume: Optional[str] = None
+    init_from: Optional[str] = None
+    device: str = "auto"  # auto: cuda:<local rank> when CUDA is available, else cpu
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp_dtype: AmpDtype = AmpDtype.bfloat16
+    channels_last: bool = True  # on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = True  # SyncBatchNorm under torchrun (GPUs only)
+    # Batch norm in inference mode: statistics frozen, scale and shift still trained (DeepLab's
+    # fine-tuning on trainval at small batch).
+    freeze_bn: bool = False
+    progress: bool = True  # progress bar
 
 
 @dataclass
@@ -193,11 +232,27 @@ class EvalConfig:
     flip: bool = False
     max_images: Optional[int] = None
     save_predictions: bool = False
+    # Pad each image (bottom/right, with the mean pixel) to this square size and crop the prediction
+    # back, as TF DeepLab's evaluation does with its 513x513 crop. null: no padding.
+    pad_to: Optional[int] = None
 
 
 @dataclass
 class FlopsConfig:
     input_size: int = 513  # DeepLab's eval crop (output_stride * k + 1)
+
+
+@dataclass
+class LatencyConfig:
+    """`tools/benchmark.py latency`: batch-1 CPU latency of our models and of their peers."""
+
+    input_size: int = 513
+    peer_input_size: int = 512  # peers whose strides need a multiple of 16 (smp's DeepLabV3+)
+    models: Optional[List[str]] = None  # names to run (None: all; the table lists the names)
+    modes: List[str] = field(default_factory=lambda: ["eager", "fast", "ort_fp32", "ort_int8"])
+    calibration_images: int = 16  # train images of the dataset that calibrate the int8 models
+    agreement_images: int = 8  # val images on which int8 and fp32 argmaxes are compared
+    peak_runs: int = 10  # timed runs of each peak measurement (matmul, 1x1 conv)
 
 
 @dataclass
@@ -208,6 +263,66 @@ class BenchmarkConfig:
     runs: int = 20
     workers: List[int] = field(default_factory=lambda: [0, 1, 2])
     output: Optional[str] = None  # where to write the JSON result (default: the run directory)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    tflite = "tflite"  # needs the optional litert-torch package: pip install ".[tflite]"
+
+
+class ExportOutput(str, Enum):
+    logits = "logits"  # float [N, C, H, W]
+    labels = "labels"  # class indices [N, H, W] (uint8): the argmax runs inside the graph
+
+
+class Quantize(str, Enum):
+    int8 = "int8"
+
+
+@dataclass
+class ExportConfig:
+    """`tools/export.py checkpoint=PATH`: one exported file plus a metadata JSON beside it."""
+
+    format: ExportFormat = ExportFormat.onnx
+    path: Optional[str] = None  # default: beside the checkpoint, named after it
+    input_size: int = 513  # square input for static exports
+    dynamic: bool = False  # dynamic height and width (batch stays 1)
+    opset: Optional[int] = None  # None: the exporter's current default
+    # Static ONNX: the final logits resize as two MatMuls with bilinear weights (same values, faster
+    # on ONNX Runtime); false keeps it a Resize op.
+    resize_matmul: bool = True
+    quantize: Optional[Quantize] = None  # int8: ONNX Runtime static QDQ quantization (onnx only)
+    calibration_images: int = 32  # train-split images of the dataset that calibrate int8
+    include_preprocessing: bool = False  # input raw uint8 RGB NHWC; normalisation inside the graph
+    output: ExportOutput = ExportOutput.logits
+    check_images: int = 4  # val images the exported model is compared with PyTorch on
+    eval_images: Optional[int] = 50  # val images for the fp32/int8 mIoU report (None: all)
+    min_agreement: Optional[float] = None  # argmax agreement required (None: 0.999 fp32, 0.98 int8)
+
+
+@dataclass
+class PredictConfig:
+    """`tools/predict.py checkpoint=PATH|model=FILE input=IMAGE_OR_DIR output=DIR`: the tool maps
+    `model=`, `input=`, `output=` onto the keys below."""
+
+    model: Optional[str] = None  # an exported model (.onnx, .torchscript.pt, .tflite) instead of a checkpoint
+    input: Optional[str] = None  # an image or a folder (searched recursively)
+    output: Optional[str] = None  # folder for NAME.png (palette mask) and NAME_overlay.jpg
+    fast: bool = True  # checkpoint: batch-norm folded, channels_last, inference mode
+    max_size: int = 2048  # longest side the model sees (larger images are scaled down, masks back up)
+    threads: Optional[int] = None  # intra-op threads (None: the runtime's default)
+    alpha: float = 0.5  # overlay opacity
+
+
+@dataclass
+class ConvertConfig:
+    """`tools/convert_tf.py source=PATH output=FILE experiment=...` (the tool maps `source=` and
+    `output=` onto these keys)."""
+
+    source: Optional[str] = None  # frozen_inference_graph.pb, or a model.ckpt-NNNN prefix
+    output: Optional[str] = None  # the checkpoint to write (default: model.pt beside the source)
 
 
 @dataclass
@@ -218,6 +333,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     flops: FlopsConfig = field(default_factory=FlopsConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
     checkpoint: Optional[str] = None  # a checkpoint to evaluate / export / predict with
 
 

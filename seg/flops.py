@@ -45,7 +45,7 @@ def count_multiply_adds(model: nn.Module, height: int, width: int) -> int:
 
 
 def scaled_size(input_size: int, scale: float) -> int:
-    """DeepLab's side length of a rescaled eval crop: int((size - 1) * scale) + 1."""
+    """DeepLab's side length of an input rescaled by `scale`: int((size - 1) * scale) + 1."""
     return int((input_size - 1) * scale) + 1
 
 

@@ -179,3 +179,22 @@ def set_rng_state(state: dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(s.cpu(), device=i)
+
+
+def load_segmenter(path: PathLike, map_location: Any = "cpu") -> tuple[torch.nn.Module, Any]:
+    """Rebuild the segmenter a checkpoint was trained as, from the config stored inside it, and load
+    its weights. Returns the model (in eval mode) and the stored config (a DictConfig)."""
+    from omegaconf import OmegaConf
+
+    from seg.models import build_segmenter
+
+    state = load_checkpoint(path, map_location)
+    if "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' / 'config' entries)")
+    stored = OmegaConf.create(state["config"])
+    model = build_segmenter(stored.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model in its own config ({exc})") from exc
+    return model.eval(), stored

@@ -83,5 +83,6 @@ class ASPP(nn.Module):
             branch.set_dilation(rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = [self.conv1x1(x)] + [branch(x) for branch in self.atrous] + [self.image_pooling(x)]
+        # TF DeepLab's concatenation order, so its projection weights load as they are
+        branches = [self.image_pooling(x), self.conv1x1(x)] + [branch(x) for branch in self.atrous]
         return self.dropout(self.project(torch.cat(branches, dim=1)))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import math
+from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -24,8 +26,10 @@ def make_divisible(value: float, divisor: int, min_value: Optional[int] = None) 
 class ConvBNAct(nn.Sequential):
     """Conv2d (no bias) -> BatchNorm2d -> activation (or none).
 
-    Padding keeps the "same" size at stride 1 for any dilation; `set_stride_dilation` changes a
-    built layer's stride and dilation in place (used to switch the output stride).
+    Padding keeps the "same" size at stride 1 for any dilation. With `tf_same_padding`, a strided
+    conv pads like TensorFlow's "SAME" (the extra pixel goes after, not before, on even sizes), so
+    weights converted from TensorFlow give the same numbers. `set_stride_dilation` changes a built
+    layer's stride and dilation in place (used to switch the output stride).
     """
 
     def __init__(
@@ -38,27 +42,39 @@ class ConvBNAct(nn.Sequential):
         groups: int = 1,
         activation: Optional[Callable[[], nn.Module]] = nn.ReLU,
         bn_eps: float = 1e-5,
+        tf_same_padding: bool = False,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=(kernel_size - 1) // 2 * dilation,
-            dilation=dilation,
-            groups=groups,
-            bias=False,
-        )
+        self.tf_same_padding = tf_same_padding
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps)
         if activation is not None:
             self.act = activation()
+        self.set_stride_dilation(stride, dilation)
 
     def set_stride_dilation(self, stride: int, dilation: int) -> None:
         k = self.conv.kernel_size[0]
         self.conv.stride = (stride, stride)
         self.conv.dilation = (dilation, dilation)
-        self.conv.padding = ((k - 1) // 2 * dilation,) * 2
+        pad = 0 if self.tf_same_padding and stride > 1 else (k - 1) // 2 * dilation
+        self.conv.padding = (pad, pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stride = self.conv.stride[0]
+        if self.tf_same_padding and stride > 1:
+            x = F.pad(x, tf_same_pad(x.shape[-2:], self.conv.kernel_size[0], stride, self.conv.dilation[0]))
+        return super().forward(x)
+
+
+def tf_same_pad(size: Sequence[int], kernel: int, stride: int, dilation: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) padding of TensorFlow's "SAME" for an input of `size` (H, W)."""
+    span = (kernel - 1) * dilation + 1
+    pads = []
+    for n in size:
+        total = max((math.ceil(n / stride) - 1) * stride + span - n, 0)
+        pads.append((total // 2, total - total // 2))
+    (top, bottom), (left, right) = pads
+    return left, right, top, bottom
 
 
 class SqueezeExcitation(nn.Module):

@@ -27,18 +27,25 @@ INVERTED_RESIDUAL_SETTING = [
     (6, 320, 1, 1),
 ]
 STEM_CHANNELS = 32
+BN_EPS = 1e-5  # torchvision's; TensorFlow's MobileNetV2 uses 1e-3 (model.backbone.bn_eps)
 
 
 class InvertedResidual(nn.Module):
     """1x1 expand (skipped when t=1) -> 3x3 depthwise -> 1x1 linear projection, + identity."""
 
     def __init__(
-        self, in_channels: int, expanded_channels: int, out_channels: int, stride: int, dilation: int
+        self,
+        in_channels: int,
+        expanded_channels: int,
+        out_channels: int,
+        stride: int,
+        dilation: int,
+        bn_eps: float = BN_EPS,
+        tf_same_padding: bool = False,
     ) -> None:
         super().__init__()
-        self.stride = stride  # the nominal stride, which decides the residual connection
         self.expand = (
-            ConvBNAct(in_channels, expanded_channels, 1, activation=nn.ReLU6)
+            ConvBNAct(in_channels, expanded_channels, 1, activation=nn.ReLU6, bn_eps=bn_eps)
             if expanded_channels != in_channels
             else None
         )
@@ -50,8 +57,10 @@ class InvertedResidual(nn.Module):
             dilation=dilation,
             groups=expanded_channels,
             activation=nn.ReLU6,
+            bn_eps=bn_eps,
+            tf_same_padding=tf_same_padding,
         )
-        self.project = ConvBNAct(expanded_channels, out_channels, 1, activation=None)
+        self.project = ConvBNAct(expanded_channels, out_channels, 1, activation=None, bn_eps=bn_eps)
         self.use_residual = stride == 1 and in_channels == out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,9 +82,12 @@ class MobileNetV2(nn.Module):
         depth_multiplier: float = 1.0,
         output_stride: int = 16,
         channel_rounding: ChannelRounding | str = ChannelRounding.deeplab,
+        bn_eps: Optional[float] = None,
+        tf_same_padding: bool = False,
     ) -> None:
         super().__init__()
         rounding = ChannelRounding(channel_rounding)
+        bn_eps = BN_EPS if bn_eps is None else bn_eps
         self.depth_multiplier = depth_multiplier
 
         def width(c: int) -> int:
@@ -102,9 +114,11 @@ class MobileNetV2(nn.Module):
         self._nominal_strides = [2] + [layer[3] for layer in layers]
         placement = dilated_strides(self._nominal_strides, output_stride)
 
-        self.stem = ConvBNAct(3, stem_channels, 3, stride=2, activation=nn.ReLU6)
+        self.stem = ConvBNAct(
+            3, stem_channels, 3, stride=2, activation=nn.ReLU6, bn_eps=bn_eps, tf_same_padding=tf_same_padding
+        )
         self.blocks = nn.ModuleList(
-            InvertedResidual(cin, cexp, cout, stride, dilation)
+            InvertedResidual(cin, cexp, cout, stride, dilation, bn_eps, tf_same_padding)
             for (cin, cexp, cout, _), (stride, dilation) in zip(layers, placement[1:])
         )
         self.output_stride = output_stride
@@ -150,13 +164,16 @@ def mobilenet_v2(
     channel_rounding: ChannelRounding | str = ChannelRounding.deeplab,
     pretrained: Optional[str] = None,
     weights: Optional[str] = None,
+    bn_eps: Optional[float] = None,
+    tf_same_padding: bool = False,
 ) -> MobileNetV2:
     """Build a MobileNetV2 encoder, optionally initialised from torchvision's ImageNet weights.
 
     `weights` is a local torchvision `mobilenet_v2` state_dict file; `pretrained="imagenet"` fetches
     torchvision's published weights through its weights API (only depth multiplier 1.0 exists).
+    `bn_eps` (default 1e-5) and `tf_same_padding` reproduce TensorFlow checkpoints' numerics.
     """
-    model = MobileNetV2(depth_multiplier, output_stride, channel_rounding)
+    model = MobileNetV2(depth_multiplier, output_stride, channel_rounding, bn_eps, tf_same_padding)
     if weights is not None or pretrained is not None:
         from seg.models.weights import load_imagenet_weights
 

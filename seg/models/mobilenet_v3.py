@@ -74,17 +74,27 @@ class InvertedResidualV3(nn.Module):
         out_channels: int,
         stride: int,
         dilation: int,
+        bn_eps: float = BN_EPS,
+        tf_same_padding: bool = False,
     ) -> None:
         super().__init__()
         act = nn.Hardswish if spec.hardswish else nn.ReLU
         self.expand = (
-            ConvBNAct(in_channels, expanded, 1, activation=act, bn_eps=BN_EPS) if expanded != in_channels else None
+            ConvBNAct(in_channels, expanded, 1, activation=act, bn_eps=bn_eps) if expanded != in_channels else None
         )
         self.depthwise = ConvBNAct(
-            expanded, expanded, spec.kernel, stride=stride, dilation=dilation, groups=expanded, activation=act, bn_eps=BN_EPS
+            expanded,
+            expanded,
+            spec.kernel,
+            stride=stride,
+            dilation=dilation,
+            groups=expanded,
+            activation=act,
+            bn_eps=bn_eps,
+            tf_same_padding=tf_same_padding,
         )
         self.se = SqueezeExcitation(expanded, make_divisible(expanded // 4, 8)) if spec.use_se else None
-        self.project = ConvBNAct(expanded, out_channels, 1, activation=None, bn_eps=BN_EPS)
+        self.project = ConvBNAct(expanded, out_channels, 1, activation=None, bn_eps=bn_eps)
         self.use_residual = spec.stride == 1 and in_channels == out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,8 +115,11 @@ class MobileNetV3(nn.Module):
         specs: list[BlockSpec],
         depth_multiplier: float = 1.0,
         output_stride: int = 16,
+        bn_eps: Optional[float] = None,
+        tf_same_padding: bool = False,
     ) -> None:
         super().__init__()
+        bn_eps = BN_EPS if bn_eps is None else bn_eps
 
         def width(c: int) -> int:
             return make_divisible(c * depth_multiplier, 8)
@@ -115,13 +128,19 @@ class MobileNetV3(nn.Module):
         self._nominal_strides = [2] + [s.stride for s in specs]
         placement = dilated_strides(self._nominal_strides, output_stride)
         stem_channels = width(STEM_CHANNELS)
-        self.stem = ConvBNAct(3, stem_channels, 3, stride=2, activation=nn.Hardswish, bn_eps=BN_EPS)
+        self.stem = ConvBNAct(
+            3, stem_channels, 3, stride=2, activation=nn.Hardswish, bn_eps=bn_eps, tf_same_padding=tf_same_padding
+        )
 
         blocks, in_channels, cumulative, self._taps = [], stem_channels, 2, {}
         channels: dict[str, int] = {}
         for index, (spec, (stride, dilation)) in enumerate(zip(specs, placement[1:])):
             out_channels = width(spec.out)
-            blocks.append(InvertedResidualV3(in_channels, spec, width(spec.expanded), out_channels, stride, dilation))
+            blocks.append(
+                InvertedResidualV3(
+                    in_channels, spec, width(spec.expanded), out_channels, stride, dilation, bn_eps, tf_same_padding
+                )
+            )
             in_channels = out_channels
             cumulative *= spec.stride
             name = {4: "low_level", 8: "mid_level"}.get(cumulative)
@@ -130,7 +149,7 @@ class MobileNetV3(nn.Module):
                 channels[name] = out_channels
         self.blocks = nn.ModuleList(blocks)
         last_channels = 6 * in_channels
-        self.last_conv = ConvBNAct(in_channels, last_channels, 1, activation=nn.Hardswish, bn_eps=BN_EPS)
+        self.last_conv = ConvBNAct(in_channels, last_channels, 1, activation=nn.Hardswish, bn_eps=bn_eps)
         channels["out"] = last_channels
         self.channels = channels
         self.output_stride = output_stride
@@ -164,9 +183,11 @@ def _build(
     channel_rounding: ChannelRounding | str,
     pretrained: Optional[str],
     weights: Optional[str],
+    bn_eps: Optional[float],
+    tf_same_padding: bool,
 ) -> MobileNetV3:
     ChannelRounding(channel_rounding)  # validates the value; both modes round to multiples of 8
-    model = MobileNetV3(specs, depth_multiplier, output_stride)
+    model = MobileNetV3(specs, depth_multiplier, output_stride, bn_eps, tf_same_padding)
     if weights is not None or pretrained is not None:
         from seg.models.weights import load_imagenet_weights
 
@@ -180,9 +201,14 @@ def mobilenet_v3_large(
     channel_rounding: ChannelRounding | str = ChannelRounding.deeplab,
     pretrained: Optional[str] = None,
     weights: Optional[str] = None,
+    bn_eps: Optional[float] = None,
+    tf_same_padding: bool = False,
 ) -> MobileNetV3:
-    """MobileNetV3-Large encoder; `weights` / `pretrained` as in `mobilenet_v2`."""
-    return _build("mobilenet_v3_large", LARGE, depth_multiplier, output_stride, channel_rounding, pretrained, weights)
+    """MobileNetV3-Large encoder; the other arguments as in `mobilenet_v2`."""
+    return _build(
+        "mobilenet_v3_large", LARGE, depth_multiplier, output_stride, channel_rounding, pretrained, weights,
+        bn_eps, tf_same_padding,
+    )
 
 
 def mobilenet_v3_small(
@@ -191,6 +217,11 @@ def mobilenet_v3_small(
     channel_rounding: ChannelRounding | str = ChannelRounding.deeplab,
     pretrained: Optional[str] = None,
     weights: Optional[str] = None,
+    bn_eps: Optional[float] = None,
+    tf_same_padding: bool = False,
 ) -> MobileNetV3:
-    """MobileNetV3-Small encoder; `weights` / `pretrained` as in `mobilenet_v2`."""
-    return _build("mobilenet_v3_small", SMALL, depth_multiplier, output_stride, channel_rounding, pretrained, weights)
+    """MobileNetV3-Small encoder; the other arguments as in `mobilenet_v2`."""
+    return _build(
+        "mobilenet_v3_small", SMALL, depth_multiplier, output_stride, channel_rounding, pretrained, weights,
+        bn_eps, tf_same_padding,
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -28,9 +30,11 @@ class Segmenter(nn.Module):
         self.head.set_output_stride(output_stride)
         self.output_stride = output_stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, output_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """Logits at `output_size` (default: the input size), resized bilinearly in one step."""
         logits = self.head(self.backbone(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        size = x.shape[-2:] if output_size is None else output_size
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
 
 
 def build_segmenter(model_cfg: DictConfig) -> Segmenter:

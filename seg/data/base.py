@@ -1,0 +1,204 @@
+"""What every dataset shares: reading files, checking samples, skipping bad ones.
+
+A raw sample is `(image, mask)`: RGB uint8 HxWx3 and uint8 HxW holding class indices, with
+`ignore_index` (255 by default) marking pixels that count for nothing. With a transform,
+`__getitem__` returns what the transform returns (tensors, see `seg/data/transforms.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from seg.data.classes import voc_palette
+
+log = logging.getLogger(__name__)
+
+README_HINT = "see data/README.md"
+
+Transform = Callable[[np.ndarray, np.ndarray], object]
+
+
+class DatasetError(Exception):
+    """A problem with the data on disk. Tools print it as one line, without a traceback."""
+
+
+def require_path(path: Path, what: str) -> Path:
+    """Fail with one line naming `path` when it does not exist."""
+    if not path.exists():
+        raise DatasetError(f"{what} not found: {path} ({README_HINT})")
+    return path
+
+
+def read_split_file(path: Path) -> list[str]:
+    """Sample ids, one a line. Also accepts `JPEGImages/x.jpg SegmentationClassAug/x.png` lines."""
+    require_path(path, "split file")
+    names = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DatasetError(f"split file is empty: {path} ({README_HINT})")
+    return names
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB uint8 HxWx3 array; a missing, unreadable or truncated file raises DatasetError."""
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from e
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Class indices as uint8 HxW.
+
+    Palette ('P') PNGs, as VOC ships them, are read as their palette indices, never as colours;
+    grayscale ('L', 'I;16', 'I') masks as their values.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            mask = np.array(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"cannot read mask {path}: {e}") from e
+    if mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
+        raise DatasetError(
+            f"mask {path} has mode {mode}: expected a palette or grayscale PNG of class indices "
+            f"(colour masks must be converted to indices first, {README_HINT})"
+        )
+    if mask.dtype != np.uint8:
+        # 16-bit masks are fine as long as their values fit; check_sample reports the ones that don't.
+        big = np.unique(mask[(mask < 0) | (mask > 255)])
+        if big.size:
+            raise DatasetError(f"mask {path} has values outside [0, 255]: {big[:10].tolist()}")
+        mask = mask.astype(np.uint8)
+    return mask
+
+
+_PALETTE = voc_palette().ravel().tolist()
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    """Write class indices as a VOC-style palette PNG, atomically (a crash leaves no partial file)."""
+    img = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))  # "L"; putpalette makes it "P"
+    img.putpalette(_PALETTE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def check_sample(
+    image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int, path: Path
+) -> None:
+    """Raise DatasetError when sizes differ or the mask holds values that are no class."""
+    if image.shape[:2] != mask.shape[:2]:
+        raise DatasetError(
+            f"image and mask sizes differ for {path}: image {image.shape[1]}x{image.shape[0]}, "
+            f"mask {mask.shape[1]}x{mask.shape[0]} (WxH)"
+        )
+    counts = np.bincount(mask.ravel(), minlength=256)
+    counts[:num_classes] = 0
+    counts[ignore_index] = 0
+    bad = np.flatnonzero(counts)
+    if bad.size:
+        raise DatasetError(
+            f"mask {path} has values {bad.tolist()} outside [0, {num_classes}) and "
+            f"ignore_index {ignore_index}"
+        )
+
+
+class SegmentationDataset(Dataset):
+    """Pairs of image and mask files; subclasses fill `names`, `image_paths` and `mask_paths`.
+
+    `load(i)` returns the raw sample; `__getitem__` applies the transform. With `skip_bad`, a sample
+    that fails to load or check is replaced by the next good one and counted in a warning.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        image_paths: Sequence[Path],
+        mask_paths: Sequence[Path],
+        class_names: Sequence[str],
+        ignore_index: int = 255,
+        transform: Optional[Transform] = None,
+        skip_bad: bool = False,
+    ) -> None:
+        self.names = list(names)
+        self.image_paths = list(image_paths)
+        self.mask_paths = list(mask_paths)
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.ignore_index = ignore_index
+        self.transform = transform
+        self.skip_bad = skip_bad
+        self.num_skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def read_mask(self, index: int) -> np.ndarray:
+        return read_mask(self.mask_paths[index])
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw, checked sample `index`: RGB uint8 HxWx3 image and uint8 HxW mask."""
+        image = read_image(self.image_paths[index])
+        mask = self.read_mask(index)
+        check_sample(image, mask, self.num_classes, self.ignore_index, self.mask_paths[index])
+        return image, mask
+
+    def __getitem__(self, index: int):
+        if not self.skip_bad:
+            image, mask = self.load(index)
+        else:
+            for attempt in range(len(self)):
+                i = (index + attempt) % len(self)
+                try:
+                    image, mask = self.load(i)
+                    break
+                except DatasetError as e:
+                    self.num_skipped += 1
+                    log.warning("skipped bad sample %s (%d so far in this process): %s",
+                                self.names[i], self.num_skipped, e)
+            else:
+                raise DatasetError(f"no readable sample in this dataset ({README_HINT})")
+        if self.transform is None:
+            return image, mask
+        return self.transform(image, mask)
+
+
+def pair_existing(
+    names: Sequence[str],
+    image_paths: Sequence[Path],
+    mask_paths: Sequence[Path],
+    skip_bad: bool,
+    where: Path,
+) -> tuple[list[str], list[Path], list[Path]]:
+    """Keep the samples whose image and mask files exist.
+
+    A missing file is an error naming it (and how many more are missing); with `skip_bad` the
+    sample is dropped with one counted warning instead.
+    """
+    keep, missing = [], []
+    for n, ip, mp in zip(names, image_paths, mask_paths):
+        lost = [p for p in (ip, mp) if not p.is_file()]
+        if lost:
+            missing.extend(lost)
+        else:
+            keep.append((n, ip, mp))
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        if not skip_bad:
+            raise DatasetError(f"file not found: {missing[0]}{more} ({README_HINT})")
+        log.warning("skipped %d missing files under %s, first: %s", len(missing), where, missing[0])
+    if not keep:
+        raise DatasetError(f"no samples with both image and mask under {where} ({README_HINT})")
+    n, ip, mp = zip(*keep)
+    return list(n), list(ip), list(mp)

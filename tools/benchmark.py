@@ -1,0 +1,46 @@
+"""Benchmarks; the first word names the task (tasks: seg/benchmark.py).
+
+    python tools/benchmark.py data                      # loader images/s for 0, 1, 2 workers
+    python tools/benchmark.py data benchmark.workers=[0,4] train.crop_size=321 dataset=voc_aug
+
+Prints a markdown table and, last, one JSON line, also written to `benchmark.output` (default:
+<run dir>/benchmark_<task>.json).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from seg.benchmark import run_task
+from seg.config import register_configs
+from seg.data import DatasetError
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        result = run_task(cfg)
+    except (DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    line = json.dumps(result)
+    default = Path(HydraConfig.get().runtime.output_dir) / f"benchmark_{cfg.benchmark.task}.json"
+    out = Path(cfg.benchmark.output or default)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    # `benchmark.py data ...` -> `benchmark.py benchmark.task=data ...` before Hydra reads argv.
+    if len(sys.argv) > 1 and not sys.argv[1].startswith("-") and "=" not in sys.argv[1]:
+        sys.argv[1] = f"benchmark.task={sys.argv[1]}"
+    main()

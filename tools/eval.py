@@ -1,0 +1,43 @@
+"""Evaluate a checkpoint with the official VOC metric (one confusion matrix over the whole split).
+
+    python tools/eval.py checkpoint=outputs/.../checkpoints/best.pt
+    python tools/eval.py checkpoint=PATH eval.output_stride=8 \
+        eval.scales=[0.5,0.75,1.0,1.25,1.5,1.75] eval.flip=true
+    python tools/eval.py checkpoint=PATH experiment=mobilenetv2_coco_voc_trainaug dataset=voc dataset.root=/data
+
+The model is rebuilt from the config stored in the checkpoint; so is the dataset unless `dataset`
+keys are given on the command line. Writes metrics.json, confusion_matrix.png and TensorBoard
+events into the run directory (and, with eval.save_predictions=true, predictions/).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from seg.config import register_configs
+from seg.data import DatasetError
+from seg.engine.checkpoint import CheckpointError
+from seg.engine.evaluator import run_evaluation
+
+register_configs()
+log = logging.getLogger("eval")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    overrides = HydraConfig.get().overrides.task
+    user_set_dataset = any(o.lstrip("+~").startswith("dataset") for o in overrides)
+    try:
+        run_evaluation(cfg, HydraConfig.get().runtime.output_dir, keep_dataset=user_set_dataset)
+    except (DatasetError, CheckpointError, ValueError) as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
