@@ -1,0 +1,156 @@
+"""What every export format shares: the wrapper that fixes the exported signature, the metadata
+written beside (and, for ONNX, inside) the exported file, and the error type of the export tools."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+from seg.data.classes import voc_palette
+from seg.data.transforms import pixel_mean_std
+
+
+class ExportError(RuntimeError):
+    """An export cannot be made, or the exported model does not match PyTorch."""
+
+
+class ExportWrapper(nn.Module):
+    """The exported signature around a segmenter.
+
+    - `include_preprocessing`: the input is raw RGB uint8 NHWC and the normalisation runs inside
+      (cast, transpose, subtract mean, multiply by 1/std); otherwise normalised float NCHW.
+    - `labels`: the output is the per-pixel argmax as uint8 [N, H, W]; otherwise float logits
+      [N, C, H, W].
+    """
+
+    def __init__(self, model: nn.Module, normalization: Any, include_preprocessing: bool = False,
+                 labels: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.include_preprocessing = include_preprocessing
+        self.labels = labels
+        mean, std = pixel_mean_std(normalization)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image
+        if self.include_preprocessing:
+            x = (x.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+        logits = self.model(x)
+        if self.labels:
+            return logits.argmax(dim=1).to(torch.uint8)
+        return logits
+
+
+@contextlib.contextmanager
+def quiet_logging(*names: str) -> Iterator[None]:
+    """Converters log every pass at INFO, which the tools' (Hydra's) logging would print: raise
+    these loggers ("" is the root logger) to WARNING for the duration."""
+    loggers = [logging.getLogger(n or None) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_metadata(
+    *,
+    fmt: str,
+    class_names: Sequence[str],
+    normalization: Any,
+    input_size: Optional[int],
+    include_preprocessing: bool,
+    output: str,
+    checkpoint: str | os.PathLike,
+    model_cfg: Any,
+    quantize: Optional[str] = None,
+    opset: Optional[int] = None,
+) -> dict[str, Any]:
+    """Everything an app needs to feed the model and read its output, plus its provenance."""
+    norm = getattr(normalization, "value", normalization)
+    mean, std = pixel_mean_std(norm)
+    labels = output == "labels"
+    return {
+        "format": fmt,
+        "quantize": quantize,
+        "opset": opset,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "palette": voc_palette(max(len(class_names), 1)).tolist(),
+        "input": {
+            "name": "image",
+            "layout": "NHWC" if include_preprocessing else "NCHW",
+            "dtype": "uint8" if include_preprocessing else "float32",
+            "channels": "RGB",
+            # null height/width: any size (export.dynamic=true)
+            "height": input_size,
+            "width": input_size,
+        },
+        "normalization": {
+            "name": norm,
+            "mean": [float(v) for v in mean],  # in 0..255 units: x_norm = (x - mean) / std
+            "std": [float(v) for v in std],
+            "included": include_preprocessing,
+        },
+        "output": {
+            "name": "labels" if labels else "logits",
+            "kind": "labels" if labels else "logits",
+            "layout": "NHW" if labels else "NCHW",
+            "dtype": "uint8" if labels else "float32",
+        },
+        "resize": "bilinear, align_corners=False",
+        "model": {
+            "backbone": str(model_cfg.backbone._target_).rsplit(".", 1)[-1],
+            "depth_multiplier": float(model_cfg.backbone.depth_multiplier),
+            "head": str(model_cfg.head._target_).rsplit(".", 1)[-1],
+            "output_stride": int(model_cfg.output_stride),
+        },
+        "checkpoint": {"file": Path(checkpoint).name, "sha256": file_sha256(checkpoint)},
+    }
+
+
+def metadata_path(model_path: str | os.PathLike) -> Path:
+    """The metadata JSON that goes with an exported file: `model.onnx` -> `model.onnx.json`."""
+    return Path(f"{model_path}.json")
+
+
+def write_metadata(model_path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+    path = metadata_path(model_path)
+    path.write_text(json.dumps(metadata, indent=2) + "\n")
+    return path
+
+
+def read_metadata(model_path: str | os.PathLike) -> Optional[dict[str, Any]]:
+    """The metadata JSON beside `model_path`, or (ONNX) the copy in the model's metadata_props."""
+    side = metadata_path(model_path)
+    if side.is_file():
+        return json.loads(side.read_text())
+    if str(model_path).endswith(".onnx"):
+        import onnx
+
+        model = onnx.load(str(model_path), load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+        if "seg" in props:
+            return json.loads(props["seg"])
+    return None

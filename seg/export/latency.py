@@ -1,0 +1,362 @@
+"""`tools/benchmark.py latency`: batch-1 CPU latency of our models and of their peers, each in
+default eager mode, on our fast path, under ONNX Runtime fp32 and ONNX Runtime int8, against the
+CPU's measured peak (a large fp32 matmul and a 1x1 conv).
+
+All (model, mode) entries are timed in turns, one call each per round, so that the load of a
+shared machine drifting during the run affects every entry alike. Every model is random-initialised (latency does not depend on the weights), then its batch-norm
+statistics are re-estimated on the calibration images: straight from initialisation the logits
+barely vary and the argmax is one class everywhere, which would make the int8 agreement
+meaningless; with the statistics of real images every layer sees unit-scale activations and the
+argmax spreads over many classes (`fp32_classes` in the JSON). The int8 models are calibrated on
+real train images of the configured dataset and their argmax is compared with fp32's on real val
+images. Effective GFLOP/s = 2 x multiply-adds / median latency.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from seg.flops import count_multiply_adds
+from seg.fastpath import fast_model, fold_batchnorm
+
+MODES = ("eager", "fast", "ort_fp32", "ort_int8")
+
+
+class _Out(nn.Module):
+    """torchvision's segmentation models return {"out": logits}; the benchmark wants the tensor."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+def _ours(backbone: str, head: str, depth_multiplier: float = 1.0) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from seg.config import HEAD_SCHEMAS, BackboneConfig, ModelConfig
+        from seg.models import build_segmenter
+
+        target = {"mnv2": "seg.models.mobilenet_v2.mobilenet_v2",
+                  "mnv3_large": "seg.models.mobilenet_v3.mobilenet_v3_large"}[backbone]
+        cfg = OmegaConf.structured(ModelConfig(
+            backbone=BackboneConfig(_target_=target, depth_multiplier=depth_multiplier),
+            head=HEAD_SCHEMAS[head](), num_classes=21))
+        return build_segmenter(cfg)
+
+    return build
+
+
+def _torchvision(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from torchvision.models import segmentation
+
+        kwargs = {"aux_loss": False} if name.startswith("deeplabv3") else {}
+        return _Out(getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=21, **kwargs))
+
+    return build
+
+
+def _smp_deeplabv3plus() -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    return smp.DeepLabV3Plus(encoder_name="mobilenet_v2", encoder_weights=None, classes=21)
+
+
+def _smp_installed() -> bool:
+    try:
+        import segmentation_models_pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class Spec:
+    name: str
+    build: Callable[[], nn.Module]
+    peer: bool = False
+    multiple_of_16: bool = False  # needs 512 instead of 513
+
+
+SPECS = [
+    Spec("mnv2_dm05+aspp_lite", _ours("mnv2", "aspp_lite", 0.5)),
+    Spec("mnv2+aspp_lite", _ours("mnv2", "aspp_lite")),
+    Spec("mnv2+deeplabv3plus", _ours("mnv2", "deeplabv3plus")),
+    Spec("mnv3_large+lraspp", _ours("mnv3_large", "lraspp")),
+    Spec("tv lraspp_mobilenet_v3_large", _torchvision("lraspp_mobilenet_v3_large"), peer=True),
+    Spec("tv deeplabv3_mobilenet_v3_large", _torchvision("deeplabv3_mobilenet_v3_large"), peer=True),
+    Spec("smp DeepLabV3Plus(mobilenet_v2)", _smp_deeplabv3plus, peer=True, multiple_of_16=True),
+]
+
+
+def time_call(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:
+    """Median and p90 wall time of `fn` in milliseconds, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - start))
+    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)), "runs": runs}
+
+
+def measure_peak(threads: int, runs: int, workdir: Path) -> dict[str, Any]:
+    """GFLOP/s of a 2048^3 fp32 matmul (torch) and of a 1x1 conv, 256 -> 256 channels on 128x128
+    (torch channels_last and ONNX Runtime): what this CPU sustains on dense work."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from seg.export.onnx import onnx_session
+
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    matmul = time_call(lambda: torch.mm(a, b), 2, runs)
+    c, hw = 256, 128
+    conv = nn.Conv2d(c, c, 1, bias=False).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, c, hw, hw).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        conv_torch = time_call(lambda: conv(x), 2, runs)
+    weight = numpy_helper.from_array(conv.weight.detach().contiguous().numpy(), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "conv1x1",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, hw, hw])], [weight])
+    path = workdir / "conv1x1.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    session = onnx_session(path, threads)
+    xn = x.contiguous().numpy()
+    conv_ort = time_call(lambda: session.run(None, {"x": xn}), 2, runs)
+    flops_mm, flops_conv = 2 * n**3, 2 * c * c * hw * hw
+    out = {
+        "matmul_gflops": flops_mm / matmul["median_ms"] / 1e6,
+        "conv1x1_torch_gflops": flops_conv / conv_torch["median_ms"] / 1e6,
+        "conv1x1_ort_gflops": flops_conv / conv_ort["median_ms"] / 1e6,
+    }
+    out["conv1x1_gflops"] = max(out["conv1x1_torch_gflops"], out["conv1x1_ort_gflops"])
+    return out
+
+
+def _real_inputs(dataset_cfg: Any, split: str, count: int, size: int) -> list[np.ndarray]:
+    """`count` images of a split resized to fill size x size (no padding: every pixel is image, so
+    the agreement counts only real content), ImageNet-normalised, NCHW float."""
+    from seg.data import build_dataset
+    from seg.data.transforms import normalize
+    from seg.export.runtime import resize_image
+
+    dataset = build_dataset(dataset_cfg, split)
+    idx = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
+    out = []
+    for i in idx:
+        image = resize_image(dataset[int(i)][0], size, size)
+        out.append(normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None], "imagenet").numpy())
+    return out
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: np.ndarray) -> None:
+    """Batch-norm running statistics := the statistics of `images` (one batch, N > 1)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one batch gives exactly its statistics
+        m.train()
+    model(torch.from_numpy(images))
+    model.eval()
+
+
+def _prepare_model(spec: Spec, cfg: Any, workdir: Path, calib: dict[int, list], check: dict[int, list]) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
+    """Build one model in every requested mode: its table row (sizes, int8 agreement) and one
+    zero-argument call per mode, to be timed."""
+    lat = cfg.benchmark.latency
+    size = lat.peer_input_size if spec.multiple_of_16 else lat.input_size
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    recalibrate_batchnorm(model, np.concatenate(calib[size]))
+    macs = count_multiply_adds(model, size, size)
+    row: dict[str, Any] = {"model": spec.name, "peer": spec.peer, "input_size": size, "multiply_adds": macs,
+                           "params": sum(p.numel() for p in model.parameters())}
+    x = torch.randn(1, 3, size, size)
+    calls: dict[str, Callable[[], Any]] = {}
+    modes = list(lat.modes)
+    if "eager" in modes:
+        def eager() -> Any:
+            with torch.no_grad():
+                return model(x)
+
+        calls["eager"] = eager
+    if "fast" in modes:
+        fast = fast_model(model)
+        calls["fast"] = lambda: fast(x)
+    if "ort_fp32" in modes or "ort_int8" in modes:
+        from seg.export.onnx import OnnxRunner, export_onnx
+
+        fp32_path = workdir / f"{len(list(workdir.iterdir()))}.onnx"
+        export_onnx(fold_batchnorm(model), fp32_path, x)
+        fp32 = OnnxRunner(fp32_path, cfg.benchmark.threads)
+        xn = x.numpy()
+        if "ort_fp32" in modes:
+            calls["ort_fp32"] = lambda: fp32(xn)
+        if "ort_int8" in modes:
+            from seg.export.quantize import quantize_int8
+
+            int8_path = fp32_path.with_suffix(".int8.onnx")
+            quantize_int8(fp32_path, int8_path, calib[size])
+            int8 = OnnxRunner(int8_path, cfg.benchmark.threads)
+            calls["ort_int8"] = lambda: int8(xn)
+            labels = [(fp32(v).argmax(1), int8(v).argmax(1)) for v in check[size]]
+            row["int8_agreement"] = float(np.mean([(a == q).mean() for a, q in labels])) if labels else None
+            row["fp32_classes"] = float(np.mean([len(np.unique(a)) for a, _ in labels])) if labels else None
+    return row, calls
+
+
+def _time_round_robin(prepared: list[tuple[dict, dict]], warmup: int, runs: int) -> None:
+    """Time every (model, mode) call in turns, one call each per round, so that a change in the
+    machine's load during the run hits every entry alike; fills each row's per-mode statistics."""
+    for _, calls in prepared:
+        for call in calls.values():
+            for _ in range(warmup):
+                call()
+    times: dict[tuple[int, str], list[float]] = {}
+    for _ in range(runs):
+        for i, (_, calls) in enumerate(prepared):
+            for mode, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times.setdefault((i, mode), []).append(1000 * (time.perf_counter() - start))
+    for i, (row, calls) in enumerate(prepared):
+        for mode in calls:
+            t = times[(i, mode)]
+            row[mode] = {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90)), "runs": len(t),
+                         "gflops": 2 * row["multiply_adds"] / statistics.median(t) / 1e6}
+
+
+def run_latency(cfg: Any) -> dict[str, Any]:
+    """Run the benchmark as `cfg.benchmark` says; prints the table and returns the JSON dict."""
+    b, lat = cfg.benchmark, cfg.benchmark.latency
+    unknown = set(lat.modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown benchmark.latency.modes {sorted(unknown)}: expected some of {', '.join(MODES)}")
+    if b.runs < 20:
+        print(f"note: benchmark.runs={b.runs}; the published figures use at least 20")
+    torch.set_num_threads(b.threads)
+    specs = [s for s in SPECS if lat.models is None or s.name in lat.models]
+    if lat.models is not None and len(specs) != len(lat.models):
+        known = ", ".join(s.name for s in SPECS)
+        raise ValueError(f"unknown name in benchmark.latency.models {list(lat.models)}: known: {known}")
+    skipped: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        peak = measure_peak(b.threads, lat.peak_runs, workdir)
+        if lat.calibration_images < 2:
+            raise ValueError("benchmark.latency.calibration_images must be at least 2 (batch-norm statistics)")
+        calib, check = {}, {}
+        for size in {lat.input_size, lat.peer_input_size}:
+            calib[size] = _real_inputs(cfg.dataset, "train", lat.calibration_images, size)
+            check[size] = _real_inputs(cfg.dataset, "val", lat.agreement_images, size)
+        prepared = []
+        for spec in specs:
+            if spec.name.startswith("smp") and not _smp_installed():
+                skipped.append(f"{spec.name}: segmentation_models_pytorch not installed")
+                continue
+            print(f"preparing {spec.name} ...", flush=True)
+            prepared.append(_prepare_model(spec, cfg, workdir, calib, check))
+        print(f"timing {len(prepared)} models x {len(lat.modes)} modes, {b.runs} rounds ...", flush=True)
+        _time_round_robin(prepared, b.warmup, b.runs)
+        rows = [row for row, _ in prepared]
+    dataset = getattr(cfg.dataset.name, "value", cfg.dataset.name)
+    result = {"task": "latency", "threads": b.threads, "warmup": b.warmup, "runs": b.runs,
+              "torch": torch.__version__, "onnxruntime": _ort_version(), "dataset": dataset,
+              "peak": peak, "results": rows, "skipped": skipped}
+    result["targets"] = targets(result)
+    print()
+    print(format_table(result))
+    return result
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _ms(row: dict, mode: str) -> Optional[float]:
+    return row[mode]["median_ms"] if mode in row else None
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The four deployment targets, each with its measured value and whether it is met."""
+    rows = {r["model"]: r for r in result["results"]}
+    out = []
+
+    def add(name: str, value: Optional[float], goal: float, detail: str, also: bool = True) -> None:
+        met = value is not None and value >= goal and also
+        out.append({"target": name, "value": value, "goal": goal, "met": met, "detail": detail})
+
+    ours, peer = rows.get("mnv2+deeplabv3plus", {}), rows.get("smp DeepLabV3Plus(mobilenet_v2)", {})
+    fast, eager = _ms(ours, "fast"), _ms(peer, "eager")
+    add("mnv2+deeplabv3plus fast path vs smp DeepLabV3Plus(mobilenet_v2) eager (speed-up)",
+        eager / fast if fast and eager else None, 1.5, f"{fast and round(fast, 1)} ms vs {eager and round(eager, 1)} ms")
+    peak = result["peak"]["conv1x1_gflops"]
+    for r in result["results"]:
+        if not r["peer"] and "ort_fp32" in r:
+            add(f"{r['model']} ONNX Runtime fp32, fraction of the 1x1-conv peak",
+                r["ort_fp32"]["gflops"] / peak, 0.75, f"{r['ort_fp32']['gflops']:.1f} of {peak:.1f} GFLOP/s")
+    for r in result["results"]:
+        if r["model"].startswith("mnv2") and "ort_int8" in r and "ort_fp32" in r:
+            speedup = r["ort_fp32"]["median_ms"] / r["ort_int8"]["median_ms"]
+            agree = r.get("int8_agreement")
+            add(f"{r['model']} ONNX Runtime int8 vs fp32 (speed-up; and argmax agreement >= 98%)", speedup, 2.0,
+                f"argmax agreement {'n/a' if agree is None else f'{100 * agree:.2f}%'}",
+                also=agree is not None and agree >= 0.98)
+    small, tv = rows.get("mnv2_dm05+aspp_lite", {}), rows.get("tv lraspp_mobilenet_v3_large", {})
+    a, c = _ms(small, "ort_int8"), _ms(tv, "ort_int8")
+    add("mnv2_dm05+aspp_lite int8 vs torchvision lraspp_mobilenet_v3_large int8 (speed-up)",
+        c / a if a and c else None, 2.0, f"{a and round(a, 1)} ms vs {c and round(c, 1)} ms")
+    return out
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The markdown table (median / p90 ms per mode) and the targets."""
+    peak = result["peak"]
+    lines = [
+        f"CPU peak ({result['threads']} threads): fp32 matmul 2048^3 {peak['matmul_gflops']:.1f} GFLOP/s; "
+        f"1x1 conv 256->256 @128x128 {peak['conv1x1_torch_gflops']:.1f} GFLOP/s (torch), "
+        f"{peak['conv1x1_ort_gflops']:.1f} GFLOP/s (ONNX Runtime)",
+        f"batch 1, {result['threads']} threads, {result['warmup']} warm-up + {result['runs']} timed runs; "
+        "ms as median / p90; GFLOP/s = 2 x multiply-adds / median",
+        "",
+        "| model | input | MAdds | eager | fast path | ORT fp32 | ORT int8 | int8 speed-up | int8 agreement | "
+        "ORT fp32 GFLOP/s | % of 1x1 peak |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["results"]:
+        def cell(mode: str) -> str:
+            return f"{r[mode]['median_ms']:.1f} / {r[mode]['p90_ms']:.1f}" if mode in r else "-"
+
+        speedup = f"{r['ort_fp32']['median_ms'] / r['ort_int8']['median_ms']:.2f}x" if "ort_int8" in r and "ort_fp32" in r else "-"
+        agree = f"{100 * r['int8_agreement']:.1f}%" if r.get("int8_agreement") is not None else "-"
+        gflops = f"{r['ort_fp32']['gflops']:.1f}" if "ort_fp32" in r else "-"
+        frac = f"{100 * r['ort_fp32']['gflops'] / peak['conv1x1_gflops']:.0f}%" if "ort_fp32" in r else "-"
+        name = f"{r['model']} (peer)" if r["peer"] else r["model"]
+        lines.append(f"| {name} | {r['input_size']} | {r['multiply_adds'] / 1e9:.2f}B | {cell('eager')} | {cell('fast')} | "
+                     f"{cell('ort_fp32')} | {cell('ort_int8')} | {speedup} | {agree} | {gflops} | {frac} |")
+    for s in result.get("skipped", []):
+        lines.append(f"\nnot run: {s}")
+    lines += ["", "| target | goal | measured | met |", "|---|---|---|---|"]
+    for t in result["targets"]:
+        value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+        lines.append(f"| {t['target']} | {t['goal']:g} | {value} ({t['detail']}) | {'yes' if t['met'] else 'no'} |")
+    return "\n".join(lines)

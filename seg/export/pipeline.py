@@ -1,0 +1,191 @@
+"""`tools/export.py`: checkpoint -> exported file + metadata, checked against PyTorch before it is
+reported done."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from seg.data import DatasetError, build_dataset
+from seg.engine.checkpoint import load_segmenter
+from seg.export.check import compare, format_check, miou, torch_runner
+from seg.export.common import ExportError, ExportWrapper, build_metadata, write_metadata
+from seg.export.runtime import ExportedPredictor
+from seg.fastpath import fold_batchnorm
+
+FP32_AGREEMENT = 0.999  # argmax agreement an fp32 export must reach against PyTorch
+INT8_AGREEMENT = 0.98  # ... and an int8 export against the fp32 one
+
+
+def _value(v: Any) -> Any:
+    return getattr(v, "value", v)
+
+
+def default_path(checkpoint: Path, cfg: DictConfig) -> Path:
+    """Beside the checkpoint, named after it and the options: best.onnx, best-rgb8-labels.int8.onnx, ..."""
+    e = cfg.export
+    name = checkpoint.stem
+    name += "-dynamic" if e.dynamic else ""
+    name += "-rgb8" if e.include_preprocessing else ""
+    name += "-labels" if _value(e.output) == "labels" else ""
+    name += ".int8" if _value(e.quantize) == "int8" else ""
+    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "tflite": ".tflite"}[_value(e.format)]
+    return checkpoint.with_name(name + suffix)
+
+
+def _samples(dataset_cfg: Any, split: str, count: Optional[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first `count` raw (image, mask) pairs of a split, spread evenly over it."""
+    dataset = build_dataset(dataset_cfg, split)
+    n = len(dataset) if count is None else min(count, len(dataset))
+    if n <= 0:
+        return []
+    indices = np.linspace(0, len(dataset) - 1, n).round().astype(int)
+    return [dataset[int(i)] for i in indices]
+
+
+def _validate(cfg: DictConfig) -> None:
+    e = cfg.export
+    fmt, quantize = _value(e.format), _value(e.quantize)
+    if quantize and fmt != "onnx":
+        raise ExportError(f"export.quantize={quantize} is for export.format=onnx (got format {fmt})")
+    if fmt == "tflite" and e.dynamic:
+        raise ExportError("export.dynamic=true is not supported for export.format=tflite (static size only)")
+    if e.input_size < 32:
+        raise ExportError(f"export.input_size must be at least 32, got {e.input_size}")
+    if e.check_images < 1:
+        raise ExportError("export.check_images must be at least 1: every export is checked")
+
+
+def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
+    """Export `cfg.checkpoint` as `cfg.export` says; returns the report (also written as metadata).
+
+    Real images for the checks and the int8 calibration come from the checkpoint's dataset, or
+    from `cfg.dataset` when `keep_dataset` (the user gave dataset overrides).
+    """
+    if not cfg.checkpoint:
+        raise ExportError("checkpoint=PATH is required: the checkpoint to export")
+    _validate(cfg)
+    e = cfg.export
+    fmt, quantize, output = _value(e.format), _value(e.quantize), _value(e.output)
+    labels = output == "labels"
+    checkpoint = Path(cfg.checkpoint)
+    model, stored = load_segmenter(checkpoint)
+    dataset_cfg = cfg.dataset if keep_dataset else stored.dataset
+    path = Path(e.path) if e.path else default_path(checkpoint, cfg)
+    normalization = _value(stored.model.normalization)
+
+    metadata = build_metadata(
+        fmt=fmt,
+        class_names=list(stored.dataset.class_names),
+        normalization=normalization,
+        input_size=None if e.dynamic else int(e.input_size),
+        include_preprocessing=bool(e.include_preprocessing),
+        output=output,
+        checkpoint=checkpoint,
+        model_cfg=stored.model,
+        quantize=quantize,
+        opset=e.opset,
+    )
+    reference = ExportWrapper(model, normalization, e.include_preprocessing, labels)
+    exportable = ExportWrapper(fold_batchnorm(model), normalization, e.include_preprocessing, labels).eval()
+
+    # Real inputs, prepared exactly as predict prepares them (letterboxed for a static size).
+    prepare = ExportedPredictor(lambda x: x, metadata).prepare
+    try:
+        check_samples = _samples(dataset_cfg, "val", e.check_images)
+    except DatasetError as exc:
+        raise DatasetError(f"{exc} (the export check needs real images: give dataset=... overrides)") from exc
+    if not check_samples:
+        raise DatasetError("the val split is empty: the export check needs real images")
+    prepared = [prepare(image) for image, _ in check_samples]
+    if e.dynamic:  # and one more size, odd on both sides, to exercise the dynamic axes
+        image = check_samples[0][0]
+        odd = ExportedPredictor(lambda x: x, metadata, max_size=max(33, max(image.shape[:2]) * 3 // 4) | 1)
+        prepared.append(odd.prepare(image))
+    inputs = [x for x, _ in prepared]
+    valid = [hw for _, hw in prepared]  # agreement on the image part of letterboxed inputs
+    sample = torch.from_numpy(inputs[0])
+
+    report: dict[str, Any] = {"path": str(path), "format": fmt, "quantize": quantize}
+    with tempfile.TemporaryDirectory() as tmp:
+        if fmt == "onnx":
+            from seg.export.onnx import OnnxRunner, export_onnx
+
+            fp32_path = Path(tmp) / "fp32.onnx" if quantize else path
+            export_onnx(exportable, fp32_path, sample, e.dynamic, e.opset, metadata, e.resize_matmul)
+            runner = OnnxRunner(fp32_path)
+        elif fmt == "torchscript":
+            from seg.export.torchscript import TorchScriptRunner, export_torchscript
+
+            export_torchscript(exportable, path, sample, metadata)
+            runner = TorchScriptRunner(path)
+        else:
+            from seg.export.tflite import TFLiteRunner, export_tflite
+
+            export_tflite(exportable, path, sample)
+            runner = TFLiteRunner(path)
+        check = compare(torch_runner(reference), runner, inputs, labels, valid)
+        report["check"] = check
+        print(format_check(f"check {fmt} fp32 vs PyTorch", check))
+        _gate(check, FP32_AGREEMENT if e.min_agreement is None else e.min_agreement, fp32_path if quantize else path, "vs PyTorch")
+
+        if quantize:
+            report.update(_quantize(cfg, dataset_cfg, stored, metadata, fp32_path, path, runner, reference, inputs, valid, prepare))
+
+    metadata["check"] = report.get("int8_check", report["check"])
+    metadata["check"]["images"] = len(inputs)
+    write_metadata(path, metadata)
+    size_mb = path.stat().st_size / 2**20
+    size_text = "dynamic" if e.dynamic else f"{e.input_size}x{e.input_size}"
+    print(f"exported {checkpoint} -> {path} ({fmt}{', int8' if quantize else ''}, {size_text}, "
+          f"{'uint8 RGB NHWC' if e.include_preprocessing else 'float NCHW'} in, {output} out, {size_mb:.1f} MB)")
+    print(f"metadata: {path}.json")
+    report["size_mb"] = size_mb
+    return report
+
+
+def _gate(check: dict[str, Any], threshold: float, path: Path, against: str) -> None:
+    """Refuse an export that does not reproduce its reference: the file is removed."""
+    if "error" in check or check["agreement"] < threshold:
+        path.unlink(missing_ok=True)
+        reason = check.get("error") or f"argmax agreement {100 * check['agreement']:.3f}% < {100 * threshold:.1f}%"
+        raise ExportError(f"exported model does not match {against}: {reason}; {path} was removed")
+
+
+def _quantize(cfg, dataset_cfg, stored, metadata, fp32_path, path, fp32_runner, reference, inputs, valid, prepare) -> dict:
+    from seg.export.onnx import OnnxRunner
+    from seg.export.quantize import quantize_int8
+
+    e = cfg.export
+    try:
+        calibration = _samples(dataset_cfg, "train", e.calibration_images)
+    except DatasetError as exc:
+        raise DatasetError(f"{exc} (int8 calibration needs the dataset's train images)") from exc
+    quantize_int8(fp32_path, path, [prepare(image)[0] for image, _ in calibration], metadata)
+    int8 = OnnxRunner(path)
+    labels = _value(e.output) == "labels"
+    vs_torch = compare(torch_runner(reference), int8, inputs, labels, valid)
+    vs_fp32 = compare(fp32_runner, int8, inputs, labels, valid)
+    print(format_check("check onnx int8 vs PyTorch", vs_torch))
+    print(format_check("check onnx int8 vs fp32", vs_fp32))
+    out: dict[str, Any] = {"calibration_images": len(calibration), "int8_check": {**vs_torch, "agreement_vs_fp32": vs_fp32["agreement"]}}
+    # mIoU of both on labelled val images, when the split is there.
+    try:
+        samples = _samples(dataset_cfg, "val", e.eval_images)
+    except DatasetError:
+        samples = []
+    if samples:
+        num_classes, ignore = int(stored.model.num_classes), int(dataset_cfg.ignore_index)
+        out["miou_fp32"] = miou(ExportedPredictor(fp32_runner, metadata), samples, num_classes, ignore)
+        out["miou_int8"] = miou(ExportedPredictor(int8, metadata), samples, num_classes, ignore)
+        out["miou_images"] = len(samples)
+        print(f"mIoU on {len(samples)} val images: fp32 {100 * out['miou_fp32']:.2f}%, int8 {100 * out['miou_int8']:.2f}%")
+    else:
+        print("mIoU: no val split available, skipped")
+    _gate(vs_fp32, INT8_AGREEMENT if e.min_agreement is None else e.min_agreement, path, "the fp32 export")
+    return out

@@ -1,0 +1,255 @@
+"""Export for apps: ONNX (every head, dynamic size, int8), TorchScript, TFLite, options, metadata."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from seg.config import register_configs
+from seg.data.transforms import normalize
+from seg.engine.checkpoint import save_checkpoint
+from seg.export import ExportError, run_export
+from seg.export.common import file_sha256, read_metadata
+from seg.export.runtime import upsample_argmax
+from seg.fastpath import count_batchnorm, fast_model, fold_batchnorm
+from seg.models import build_segmenter
+
+from conftest import CONF_DIR
+
+register_configs()
+SIZE = 65
+HEADS = ["aspp_lite", "deeplabv3", "deeplabv3plus", "lraspp"]
+
+
+def config(tmp_path, *overrides: str):
+    data = [f"dataset.root={tmp_path / 'synthetic'}", "dataset.synthetic.num_train=4",
+            "dataset.synthetic.num_val=2", "dataset.synthetic.image_size=48"]  # fmt: skip
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return compose("config", overrides=[*data, *overrides])
+
+
+def randomize_bn(model: torch.nn.Module) -> None:
+    """Batch-norm statistics that are not the identity, so that folding them is really tested."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+
+
+def checkpoint(tmp_path, backbone="mnv3_small", head="lraspp", *overrides: str):
+    """A checkpoint of a random model (non-trivial batch norm) with a tiny built-in dataset."""
+    cfg = config(tmp_path, f"backbone={backbone}", f"head={head}", *overrides)
+    torch.manual_seed(0)
+    model = build_segmenter(cfg.model).eval()
+    randomize_bn(model)
+    path = tmp_path / f"{backbone}_{head}.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "config": OmegaConf.to_yaml(cfg, resolve=True)})
+    return path, model, cfg
+
+
+def export(tmp_path, ckpt, *overrides: str) -> dict:
+    cfg = config(tmp_path, f"checkpoint={ckpt}", f"export.input_size={SIZE}", *overrides)
+    return run_export(cfg)
+
+
+def test_fold_batchnorm_and_fast_path_keep_the_outputs():
+    for backbone, head in [("mnv2_dm05", "deeplabv3plus"), ("mnv3_small", "lraspp")]:
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = compose("config", overrides=[f"backbone={backbone}", f"head={head}"])
+        torch.manual_seed(0)
+        model = build_segmenter(cfg.model).eval()
+        randomize_bn(model)
+        folded = fold_batchnorm(model)
+        assert count_batchnorm(folded) == 0 and count_batchnorm(model) > 0  # the original is untouched
+        x = torch.randn(1, 3, 57, 71)
+        with torch.no_grad():
+            ref = model(x)
+            torch.testing.assert_close(folded(x), ref, atol=1e-4, rtol=1e-4)
+        fast = fast_model(model)
+        out = fast(x)  # the frozen graph, traced at this size ...
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+        assert not out.requires_grad
+        y = torch.randn(1, 3, 40, 33)  # ... runs at any other size
+        with torch.no_grad():
+            torch.testing.assert_close(fast(y), model(y), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_onnx_export_matches_pytorch_for_every_head(tmp_path, head):
+    ckpt, model, _ = checkpoint(tmp_path, "mnv3_small", head)
+    report = export(tmp_path, ckpt)
+    path = tmp_path / f"mnv3_small_{head}.onnx"
+    assert report["path"] == str(path) and path.is_file()
+    assert report["check"]["agreement"] >= 0.999 and report["check"]["max_abs_diff"] < 1e-3
+
+    # onnxruntime alone, on a fresh input, against the PyTorch model
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 3, SIZE, SIZE)
+    (out,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(out, ref, atol=1e-3)
+
+    graph = onnx.load(str(path))
+    ops = Counter(n.op_type for n in graph.graph.node)
+    assert "BatchNormalization" not in ops  # folded
+    assert "ReduceMean" not in ops and ops["GlobalAveragePool"] >= 1  # pooling at any size, NCHWc-friendly
+    assert ops["MatMul"] == 2  # the final 513-style resize as two bilinear MatMuls (static size)
+    for node in graph.graph.node:
+        if node.op_type == "Resize":  # bilinear, align_corners=False: what mobile converters accept
+            attrs = {a.name: a for a in node.attribute}
+            assert attrs["coordinate_transformation_mode"].s in (b"half_pixel", b"pytorch_half_pixel")
+    opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+    assert opset >= 18
+
+    meta = json.loads((tmp_path / f"mnv3_small_{head}.onnx.json").read_text())
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(props["class_names"]) == meta["class_names"] and len(meta["class_names"]) == 21
+    assert meta["palette"][15] == [192, 128, 128]  # VOC's person colour
+    assert meta["input"] == {"name": "image", "layout": "NCHW", "dtype": "float32", "channels": "RGB",
+                             "height": SIZE, "width": SIZE}  # fmt: skip
+    assert meta["normalization"]["name"] == "imagenet" and len(meta["normalization"]["mean"]) == 3
+    assert meta["checkpoint"]["sha256"] == file_sha256(ckpt) == props["checkpoint_sha256"]
+    assert meta["final_resize"] == "matmul" and meta["opset"] == opset
+    assert read_metadata(path) == meta
+
+
+def test_dynamic_export_runs_at_any_size(tmp_path):
+    ckpt, model, _ = checkpoint(tmp_path, "mnv2_dm05", "deeplabv3plus")
+    report = export(tmp_path, ckpt, "export.dynamic=true")
+    path = report["path"]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    dims = session.get_inputs()[0].shape
+    assert dims[:2] == [1, 3] and dims[2:] == ["height", "width"]
+    for h, w in [(65, 97), (80, 48), (33, 33)]:
+        x = torch.randn(1, 3, h, w)
+        (out,) = session.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            ref = model(x).numpy()
+        assert out.shape == (1, 21, h, w)
+        np.testing.assert_allclose(out, ref, atol=1e-3)
+    assert read_metadata(path)["input"]["height"] is None
+    assert read_metadata(path)["final_resize"] == "resize"  # sizes unknown: the Resize op stays
+
+
+def test_int8_export_on_a_tiny_calibration_set(tmp_path, capsys):
+    ckpt, _, _ = checkpoint(tmp_path, "mnv2_dm05", "aspp_lite")
+    report = export(tmp_path, ckpt, "export.quantize=int8", "export.calibration_images=2", "export.eval_images=2",
+                    "export.min_agreement=0.9")  # random weights: int8 only has to be close
+    path = tmp_path / "mnv2_dm05_aspp_lite.int8.onnx"
+    assert report["path"] == str(path)
+    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    assert ops["QuantizeLinear"] > 10 and ops["DequantizeLinear"] > 10  # QDQ format
+    # per-channel weights: the first conv's weight scale is a vector, one per output channel
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                 and len(inits[n.input[0]].dims) == 4]  # fmt: skip
+    assert weight_dq and all(len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1 for n in weight_dq)
+    assert report["calibration_images"] == 2
+    assert 0.9 <= report["int8_check"]["agreement_vs_fp32"] <= 1.0
+    assert report["miou_images"] == 2 and 0 <= report["miou_int8"] <= 1 and 0 <= report["miou_fp32"] <= 1
+    out = capsys.readouterr().out
+    assert "int8 vs fp32" in out and "mIoU on 2 val images" in out
+    assert read_metadata(path)["quantize"] == "int8"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+def test_torchscript_round_trip(tmp_path):
+    ckpt, model, _ = checkpoint(tmp_path, "mnv3_small", "deeplabv3plus")
+    report = export(tmp_path, ckpt, "export.format=torchscript")
+    assert report["path"].endswith(".torchscript.pt") and report["check"]["agreement"] >= 0.999
+    loaded = torch.jit.load(report["path"])
+    for h, w in [(SIZE, SIZE), (49, 81)]:  # traced sizes are shape ops: other sizes work too
+        x = torch.randn(1, 3, h, w)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model(x), atol=1e-4, rtol=1e-4)
+    extra = {"seg.json": ""}
+    torch.jit.load(report["path"], _extra_files=extra)
+    assert json.loads(extra["seg.json"])["format"] == "torchscript"
+
+
+def test_preprocessing_included_export_takes_uint8_rgb(tmp_path):
+    ckpt, model, _ = checkpoint(tmp_path, "mnv3_small", "aspp_lite")
+    report = export(tmp_path, ckpt, "export.include_preprocessing=true", "export.output=labels")
+    session = ort.InferenceSession(report["path"], providers=["CPUExecutionProvider"])
+    (inp,), (outp,) = session.get_inputs(), session.get_outputs()
+    assert inp.type == "tensor(uint8)" and inp.shape == [1, SIZE, SIZE, 3] and outp.name == "labels"
+    image = np.random.default_rng(0).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    (labels,) = session.run(None, {"image": image})
+    with torch.no_grad():
+        expected = model(normalize(torch.from_numpy(image).permute(0, 3, 1, 2), "imagenet")).argmax(1)
+    assert labels.dtype == np.uint8 and labels.shape == (1, SIZE, SIZE)
+    assert (labels == expected.numpy()).mean() >= 0.999
+    meta = read_metadata(report["path"])
+    assert meta["input"]["dtype"] == "uint8" and meta["input"]["layout"] == "NHWC" and meta["normalization"]["included"]
+    assert meta["output"]["kind"] == "labels"
+
+
+def test_tflite_without_litert_torch_says_how_to_install(tmp_path):
+    try:
+        import litert_torch  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("litert-torch is installed: test_tflite_export covers the format")
+    ckpt, _, _ = checkpoint(tmp_path)
+    with pytest.raises(ExportError, match=r'pip install "\.\[tflite\]"'):
+        export(tmp_path, ckpt, "export.format=tflite")
+
+
+def test_tflite_export(tmp_path):
+    pytest.importorskip("litert_torch")
+    ckpt, _, _ = checkpoint(tmp_path, "mnv2_dm05", "aspp_lite")
+    report = export(tmp_path, ckpt, "export.format=tflite")
+    assert report["path"].endswith(".tflite") and report["check"]["agreement"] >= 0.999
+
+
+def test_bad_option_combinations_are_refused(tmp_path):
+    ckpt, _, _ = checkpoint(tmp_path)
+    with pytest.raises(ExportError, match="export.format=onnx"):
+        export(tmp_path, ckpt, "export.format=torchscript", "export.quantize=int8")
+    with pytest.raises(ExportError, match="checkpoint=PATH"):
+        run_export(config(tmp_path))
+    with pytest.raises(Exception, match="quantize"):  # a typo'd value fails at composition
+        config(tmp_path, "export.quantize=int4")
+
+
+def test_upsample_argmax_in_strips_matches_one_interpolate(monkeypatch):
+    import seg.export.runtime as runtime
+
+    logits = torch.randn(5, 13, 17)
+    full = torch.nn.functional.interpolate(logits[None], size=(101, 77), mode="bilinear", align_corners=False)
+    expected = full[0].argmax(0).numpy()
+    monkeypatch.setattr(runtime, "_STRIP_ELEMENTS", 5 * 77 * 7)  # strips of 7 rows
+    assert (upsample_argmax(logits, 101, 77) == expected).mean() > 0.999
+
+
+def test_latency_task_runs_and_reports_the_targets(tmp_path, capsys):
+    from seg.benchmark import run_task
+
+    cfg = config(tmp_path, "benchmark.task=latency", "benchmark.warmup=1", "benchmark.runs=2",
+                 "benchmark.latency.models=[mnv2_dm05+aspp_lite]", "benchmark.latency.input_size=33",
+                 "benchmark.latency.peer_input_size=32", "benchmark.latency.calibration_images=2",
+                 "benchmark.latency.agreement_images=1", "benchmark.latency.peak_runs=1")  # fmt: skip
+    result = run_task(cfg)
+    (row,) = result["results"]
+    assert row["model"] == "mnv2_dm05+aspp_lite" and row["input_size"] == 33
+    for mode in ("eager", "fast", "ort_fp32", "ort_int8"):
+        assert row[mode]["median_ms"] > 0 and row[mode]["p90_ms"] >= row[mode]["median_ms"] and row[mode]["gflops"] > 0
+    assert 0 <= row["int8_agreement"] <= 1
+    assert result["peak"]["matmul_gflops"] > 0 and result["peak"]["conv1x1_gflops"] > 0
+    assert {t["goal"] for t in result["targets"]} == {0.75, 2.0, 1.5}
+    out = capsys.readouterr().out
+    assert "| model | input | MAdds | eager | fast path | ORT fp32 | ORT int8 |" in out and "| target |" in out

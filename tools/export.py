@@ -1,0 +1,45 @@
+"""Export a checkpoint for apps, checked against PyTorch on real images before it is reported done.
+
+    python tools/export.py checkpoint=outputs/.../checkpoints/best.pt                 # ONNX fp32, 513x513
+    python tools/export.py checkpoint=PATH export.quantize=int8                        # ONNX int8 (QDQ)
+    python tools/export.py checkpoint=PATH export.dynamic=true                         # any height/width
+    python tools/export.py checkpoint=PATH export.include_preprocessing=true export.output=labels
+    python tools/export.py checkpoint=PATH export.format=torchscript                   # or tflite
+    python tools/export.py checkpoint=PATH export.path=model.onnx
+
+Writes the model (default: beside the checkpoint) and its metadata JSON (MODEL.json). Images for
+the check and the int8 calibration come from the checkpoint's dataset, or from `dataset...`
+overrides given on the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from seg.config import register_configs
+from seg.data import DatasetError
+from seg.engine.checkpoint import CheckpointError
+from seg.export import ExportError, run_export
+
+register_configs()
+log = logging.getLogger("export")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    overrides = HydraConfig.get().overrides.task
+    user_set_dataset = any(o.lstrip("+~").startswith("dataset") for o in overrides)
+    try:
+        run_export(cfg, keep_dataset=user_set_dataset)
+    except (ExportError, DatasetError, CheckpointError) as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

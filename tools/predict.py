@@ -1,0 +1,43 @@
+"""Segment images with a checkpoint or an exported model.
+
+    python tools/predict.py checkpoint=outputs/.../best.pt input=photo.jpg output=out/
+    python tools/predict.py model=best.onnx input=photos/ output=out/
+    python tools/predict.py checkpoint=PATH input=photos/ output=out/ predict.max_size=1024 predict.threads=2
+
+Writes NAME.png (class indices, VOC palette) and NAME_overlay.jpg for each image; a checkpoint runs
+on the fast path (batch norm folded, channels_last, inference mode) unless predict.fast=false.
+`model=`, `input=` and `output=` are short for predict.model, predict.input, predict.output.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from seg.cli import alias_overrides
+from seg.config import register_configs
+from seg.engine.checkpoint import CheckpointError
+from seg.export import ExportError
+from seg.predict import PredictError, run_predict
+
+register_configs()
+log = logging.getLogger("predict")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        counts = run_predict(cfg, log=print)
+    except (PredictError, ExportError, CheckpointError) as exc:
+        log.error("%s", exc)
+        sys.exit(1)
+    if counts["images"] == 0:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    alias_overrides({"model": "predict.model", "input": "predict.input", "output": "predict.output"})
+    main()
