@@ -118,10 +118,14 @@ class SyntheticConfig:
     image_size: int = 128  # square images, pixels
     seed: int = 0
     min_objects: int = 2  # objects per image
-    max_objects: int = 4
-    min_scale: float = 0.25  # object half-extent as a fraction of image_size
-    max_scale: float = 0.45
+    max_objects: int = 3
+    min_scale: float = 0.3  # object half-extent as a fraction of image_size
+    max_scale: float = 0.5
     min_visible: float = 0.5  # occlusion limit: each object keeps at least this fraction visible
+    max_rotation: float = 10.0  # degrees, either way
+    # How typical a class's colours and textures are (harder: wider hue bands, weaker texture bias).
+    hue_spread: float = 20.0  # degrees either side of the class's hue
+    texture_bias: float = 0.7  # probability that a body / part takes its class's favourite texture
     ignore_border: int = 1  # width of the 255 band along instance outlines (0: none)
     jpeg_quality: int = 90
 

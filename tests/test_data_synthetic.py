@@ -68,20 +68,24 @@ def test_cache_is_reused_and_safe_under_concurrency(tmp_path):
 
 
 def test_class_is_not_a_pixel_colour(small):
-    """A per-pixel colour classifier (histogram over 8x8x8 RGB bins) barely beats chance."""
+    """A per-pixel colour classifier (histogram over 8x8x8 RGB bins) fitted on train fails on val."""
     cfg = DatasetConfig(name="synthetic", root=str(small.parent), synthetic=SMALL)
 
     def pixels(split):
         ds = build_dataset(cfg, split)
         pairs = [ds[i] for i in range(len(ds))]
-        rgb = np.concatenate([im.reshape(-1, 3) for im, _ in pairs]) // 32
+        rgb = np.concatenate([im.reshape(-1, 3) for im, _ in pairs]).astype(np.int64) // 32
         lab = np.concatenate([m.ravel() for _, m in pairs])
-        keep = (lab > 0) & (lab < 255)  # object pixels
-        return (rgb[keep] @ [64, 8, 1]), lab[keep]
+        keep = lab < 255
+        return rgb[keep] @ [64, 8, 1], lab[keep]
 
     bins, labels = pixels("train")
     hist = np.zeros((512, 21))
     np.add.at(hist, (bins, labels), 1)
     val_bins, val_labels = pixels("val")
-    accuracy = (hist[val_bins].argmax(1) == val_labels).mean()
-    assert accuracy < 0.2, accuracy  # chance over 20 object classes is 0.05
+    pred = hist[val_bins].argmax(1)
+    objects = val_labels > 0
+    assert (pred[objects] == val_labels[objects]).mean() < 0.25  # chance over 20 classes: 0.05
+    cm = np.bincount(21 * val_labels + pred, minlength=441).reshape(21, 21)
+    iou = np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1)
+    assert iou.mean() < 0.15, iou.mean()

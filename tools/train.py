@@ -1,0 +1,68 @@
+"""Train a segmenter; the loop is `seg.engine.trainer.train`.
+
+    python tools/train.py                                        # built-in dataset, CPU, ~5 minutes
+    python tools/train.py experiment=mobilenetv2_coco_voc_trainaug   # the published VOC recipe
+    python tools/train.py dataset=voc_aug backbone=mnv2_dm05 train.init_from=coco/checkpoints/best.pt
+    python tools/train.py hydra.run.dir=outputs/run1 train.resume=auto   # continue an interrupted run
+    torchrun --nproc_per_node=4 tools/train.py experiment=mobilenetv2_coco_voc_trainaug
+
+Every key: seg/config.py. The run directory (`hydra.run.dir`) gets train.log, TensorBoard events,
+checkpoints/last.pt and best.pt, and metrics.json.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from seg.config import register_configs
+from seg.data import DatasetError
+from seg.engine.checkpoint import CheckpointError
+from seg.engine.distributed import cleanup, init_distributed, is_main_process
+from seg.engine.trainer import TrainingError, train
+from seg.models.weights import WeightsError
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        metrics = train(cfg, run_dir)
+        main_process = is_main_process()
+    except (DatasetError, CheckpointError, TrainingError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        cleanup()
+    if main_process:
+        print(f"run directory: {run_dir}")
+        print(f"val mIoU: {metrics['miou']:.4f}")
+
+
+def _same_run_dir_on_every_rank() -> None:
+    """Under torchrun every process would stamp its own start time into the default run directory;
+    use rank 0's, and let only rank 0 write Hydra's .hydra/ files."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch.distributed as dist
+
+    rank, _, _ = init_distributed()
+    if not any(a.startswith("hydra.run.dir=") for a in sys.argv[1:]):
+        # The same pattern as hydra.run.dir in conf/config.yaml.
+        chosen = [time.strftime("outputs/%Y-%m-%d/%H-%M-%S")]
+        dist.broadcast_object_list(chosen, src=0)
+        sys.argv.append(f"hydra.run.dir={chosen[0]}")
+    if rank != 0:
+        sys.argv.append("hydra.output_subdir=null")
+
+
+if __name__ == "__main__":
+    _same_run_dir_on_every_rank()
+    main()
