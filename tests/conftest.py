@@ -2,6 +2,9 @@ import sys
 from pathlib import Path
 
 import pytest
+# torchvision pulls in torch's triton; loading it after TensorFlow (the converter tests) crashes the
+# process, as both bring their own LLVM. Loading it first is safe.
+import torchvision  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"

@@ -65,6 +65,8 @@ def read_frozen_graph(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str
 
 def read_tf_checkpoint(prefix: str | Path) -> dict[str, np.ndarray]:
     """Float variables of a TensorFlow checkpoint (`model.ckpt-NNNN` prefix) by name."""
+    import torchvision  # noqa: F401  (torch's triton crashes when loaded after TensorFlow)
+
     try:
         import tensorflow as tf
     except ImportError as exc:
