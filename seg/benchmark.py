@@ -129,8 +129,8 @@ TASKS["eval"] = benchmark_eval
 def benchmark_train(cfg) -> dict[str, Any]:
     """Training images/s (forward, loss, backward, SGD step; no data loading: see `data`) at crop
     `flops.input_size` (513) and batch `train.batch_size`, for the configured model and the
-    published configs (the `mobilenetv2*_trainaug` experiments); `benchmark.warmup` + `benchmark.runs`
-    steps each (on a CPU, e.g. `benchmark.runs=3 benchmark.warmup=1 train.batch_size=4`).
+    published configs (the `mobilenetv2*_trainaug` experiments): the median of `benchmark.runs` steps
+    after `benchmark.warmup` (on a CPU, e.g. `benchmark.runs=5 benchmark.warmup=1`).
     On CUDA the steps use the trainer's settings: `train.amp`, `train.channels_last`.
     """
     from pathlib import Path

@@ -531,8 +531,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 def time_train_steps(model_cfg: DictConfig, train_cfg: DictConfig, crop_size: int, batch_size: int,
                      warmup: int, runs: int) -> tuple[float, str]:
-    """Training images/s of one process on random data: the loop's step without data loading
-    (`tools/benchmark.py train`). Returns (images/s, device)."""
+    """Training images/s of one process on random data: the loop's step without data loading, timed
+    over `runs` steps after `warmup` (`tools/benchmark.py train`). Returns (images/s, device)."""
     device = _device(OmegaConf.create({"train": {"device": train_cfg.device}}), 0)
     cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = True
@@ -548,11 +548,9 @@ def time_train_steps(model_cfg: DictConfig, train_cfg: DictConfig, crop_size: in
     images = torch.randint(0, 256, (batch_size, 3, crop_size, crop_size), dtype=torch.uint8, device=device)
     masks = torch.randint(0, int(model_cfg.num_classes), (batch_size, crop_size, crop_size), device=device)
     step_fn = torch.compile(net) if train_cfg.compile else net
+    seconds = []
     for i in range(warmup + runs):
-        if i == warmup:
-            if cuda:
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
+        start = time.perf_counter()
         x = normalize(images, model_cfg.normalization).contiguous(memory_format=memory_format)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             logits, _ = step_fn(x)
@@ -561,6 +559,9 @@ def time_train_steps(model_cfg: DictConfig, train_cfg: DictConfig, crop_size: in
         scaler.scale(loss_sum / norm).backward()
         scaler.step(optimizer)
         scaler.update()
-    if cuda:
-        torch.cuda.synchronize(device)
-    return runs * batch_size / (time.perf_counter() - start), str(device)
+        if cuda:
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
+    # The median step: robust to the odd slow step on a shared machine.
+    return batch_size / float(np.median(seconds)), str(device)
