@@ -48,7 +48,8 @@ class BackboneConfig:
     # Path of a local torchvision state_dict (.pth) to initialise from; wins over `pretrained`.
     weights: Optional[str] = None
     # Numerics of TensorFlow checkpoints (set by tools/convert_tf.py): batch-norm epsilon (null: the
-    # architecture's default, 1e-5 for MobileNetV2, 1e-3 for MobileNetV3) and TF "SAME" padding.
+    # architecture's default: 1e-5 for MobileNetV2 and MnasNet, 1e-3 for MobileNetV1 and V3) and TF
+    # "SAME" padding.
     bn_eps: Optional[float] = None
     tf_same_padding: bool = False
 
@@ -124,8 +125,8 @@ class SyntheticConfig:
     min_visible: float = 0.5  # occlusion limit: each object keeps at least this fraction visible
     max_rotation: float = 10.0  # degrees, either way
     # How typical a class's colours and textures are (harder: wider hue bands, weaker texture bias).
-    hue_spread: float = 20.0  # degrees either side of the class's hue
-    texture_bias: float = 0.7  # probability that a body / part takes its class's favourite texture
+    hue_spread: float = 8.0  # degrees either side of each of the class's two hues
+    texture_bias: float = 0.9  # probability that a body / part takes its class's favourite texture
     ignore_border: int = 1  # width of the 255 band along instance outlines (0: none)
     jpeg_quality: int = 90
 
@@ -242,8 +243,26 @@ class EvalConfig:
 
 
 @dataclass
+class LayerExampleConfig:
+    """`flops.layer_example=true`: one conv layer, standard against depthwise-separable (the MobileNet
+    paper's example: a 14x14 map, 512 -> 512 channels, 3x3 kernel)."""
+
+    size: int = 14  # h = w of the feature map
+    in_channels: int = 512  # d_i
+    out_channels: int = 512  # d_j
+    kernel: int = 3  # k
+
+
+@dataclass
 class FlopsConfig:
-    input_size: int = 513  # DeepLab's eval crop (output_stride * k + 1)
+    input_size: int = 513  # DeepLab's eval crop (output_stride * k + 1); the resolution in classifier form
+    # Count model.backbone in its ImageNet classification form (output stride 32, global average
+    # pool, 1000-way fully connected, plus the family's last 1x1 conv / hidden layer), as the
+    # encoders' papers report it, instead of the segmenter.
+    classifier: bool = False
+    # Print the one-layer worked example (formula and hook count) instead of counting a model.
+    layer_example: bool = False
+    layer: LayerExampleConfig = field(default_factory=LayerExampleConfig)
 
 
 @dataclass
@@ -260,14 +279,30 @@ class LatencyConfig:
 
 
 @dataclass
+class TradeoffConfig:
+    """`tools/benchmark.py tradeoff`: batch-1 CPU latency of the encoders in their ImageNet
+    classification form against their multiply-adds, one curve per family."""
+
+    mnv1_multipliers: List[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])  # width alpha
+    mnv1_sizes: List[int] = field(default_factory=lambda: [224, 192, 160, 128])  # resolution rho
+    mnv2_multipliers: List[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.4])
+    mnv3: List[str] = field(default_factory=lambda: ["large", "small"])
+    mnasnet_b1_multipliers: List[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.3])
+    input_size: int = 224  # of every family but MobileNetV1 (which runs over mnv1_sizes)
+    modes: List[str] = field(default_factory=lambda: ["eager", "ort_fp32"])  # PyTorch eager, ONNX Runtime fp32
+    output_dir: Optional[str] = None  # tradeoff.png, tradeoff.json, tradeoff.md (None: the run directory)
+
+
+@dataclass
 class BenchmarkConfig:
-    task: str = "data"  # data | train | eval | latency; `tools/benchmark.py TASK` sets it
+    task: str = "data"  # data | train | eval | latency | tradeoff; `tools/benchmark.py TASK` sets it
     threads: int = 2
     warmup: int = 5
     runs: int = 20
     workers: List[int] = field(default_factory=lambda: [0, 1, 2])
     output: Optional[str] = None  # where to write the JSON result (default: the run directory)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    tradeoff: TradeoffConfig = field(default_factory=TradeoffConfig)
 
 
 class ExportFormat(str, Enum):

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 
-def count_multiply_adds(model: nn.Module, height: int, width: int) -> int:
-    """Multiply-adds of one forward pass of `model` on a 1x3xHxW input."""
+def count_multiply_adds(model: nn.Module, height: int, width: int, in_channels: int = 3) -> int:
+    """Multiply-adds of one forward pass of `model` on a 1 x in_channels x H x W input."""
     total = 0
 
     def conv_hook(module: nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
@@ -36,7 +36,7 @@ def count_multiply_adds(model: nn.Module, height: int, width: int) -> int:
         was_training = model.training
         model.eval()
         with torch.inference_mode():
-            model(torch.zeros(1, 3, height, width))
+            model(torch.zeros(1, in_channels, height, width))
         model.train(was_training)
     finally:
         for h in handles:
@@ -61,3 +61,39 @@ def count_evaluation(model: nn.Module, input_size: int, scales: Sequence[float] 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def separable_layer_example(size: int = 14, in_channels: int = 512, out_channels: int = 512, kernel: int = 3) -> dict:
+    """The MobileNet paper's cost comparison for one layer (Section 3.1), by formula and by hooks.
+
+    A standard k x k conv from d_i to d_j channels on an h x w map costs h*w*d_i*d_j*k^2
+    multiply-adds; a depthwise-separable one (k x k depthwise, then 1x1 pointwise) costs
+    h*w*d_i*(k^2 + d_j), a ratio of 1/d_j + 1/k^2. Both layers are built as real modules (a conv
+    with batch norm and ReLU, and MobileNetV1's depthwise-separable layer) and counted with the
+    hooks every model is counted with, at stride 1 ("same" padding keeps h x w).
+    """
+    from seg.models.layers import ConvBNAct
+    from seg.models.mobilenet_v1 import DepthwiseSeparable
+
+    h = w = size
+    standard = ConvBNAct(in_channels, out_channels, kernel)
+    separable = DepthwiseSeparable(in_channels, out_channels, kernel=kernel)
+    formula = {
+        "standard": h * w * in_channels * out_channels * kernel**2,
+        "separable": h * w * in_channels * (kernel**2 + out_channels),
+    }
+    hooks = {
+        "standard": count_multiply_adds(standard, h, w, in_channels),
+        "separable": count_multiply_adds(separable, h, w, in_channels),
+    }
+    return {
+        "size": size,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "kernel": kernel,
+        "formula": formula,
+        "hooks": hooks,
+        "params": {"standard": count_parameters(standard), "separable": count_parameters(separable)},
+        "ratio": hooks["separable"] / hooks["standard"],
+        "ratio_formula": 1 / out_channels + 1 / kernel**2,
+    }

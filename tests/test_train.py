@@ -189,8 +189,8 @@ def test_fine_tuning_with_another_class_count_reinitialises_only_the_classifiers
     seen = {}
     real_load = trainer._load_init
 
-    def spy(model, path):
-        real_load(model, path)
+    def spy(model, path, model_cfg):
+        real_load(model, path, model_cfg)
         seen.update({k: v.clone() for k, v in model.state_dict().items()})
 
     trainer_load = pytest.MonkeyPatch()
@@ -283,3 +283,24 @@ def test_the_default_run_uses_the_built_in_dataset_settings():
     cfg = make_cfg([])
     assert cfg.dataset.name.value == "synthetic"
     assert cfg.train.crop_size <= cfg.dataset.synthetic.image_size and cfg.train.max_iters < 30000
+
+
+def test_benchmark_train_task_reports_images_per_second(synth_root, capsys):
+    from seg.benchmark import run_task
+
+    cfg = make_cfg(tiny(synth_root, "benchmark.task=train", "flops.input_size=65", "train.batch_size=2",
+                        "benchmark.warmup=0", "benchmark.runs=1", "benchmark.threads=1"))
+    result = run_task(cfg)
+    assert [r["config"] for r in result["results"]] == [
+        "configured", "mobilenetv2_coco_voc_trainaug", "mobilenetv2_dm05_coco_voc_trainaug"]
+    assert all(r["images_per_s"] > 0 for r in result["results"]) and result["crop_size"] == 65
+    assert "| config | backbone | head | images/s |" in capsys.readouterr().out
+
+
+def test_init_from_warns_when_the_checkpoint_computed_differently(synth_root, tmp_path, caplog):
+    source = tmp_path / "source"
+    train(make_cfg(tiny(synth_root, "train.max_iters=1", "model.normalization=deeplab")), source)
+    cfg = make_cfg(tiny(synth_root, "train.max_iters=1", f"train.init_from={source / 'checkpoints' / 'last.pt'}"))
+    with caplog.at_level(logging.WARNING, logger="seg.engine.trainer"):
+        train(cfg, tmp_path / "run")
+    assert any("model.normalization=deeplab" in r.getMessage() for r in caplog.records)

@@ -16,20 +16,16 @@ import os
 import sys
 import time
 
-# Spinning OpenMP threads make CPU training 10-30x slower as soon as another busy process shares the
-# cores (measured on 2 cores); sleeping ones cost nothing noticeable. Must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from seg.config import register_configs  # noqa: E402
-from seg.data import DatasetError  # noqa: E402
-from seg.engine.checkpoint import CheckpointError  # noqa: E402
-from seg.engine.distributed import cleanup, init_distributed, is_main_process  # noqa: E402
-from seg.engine.trainer import TrainingError, train  # noqa: E402
-from seg.models.weights import WeightsError  # noqa: E402
+from seg.config import register_configs
+from seg.data import DatasetError
+from seg.engine.checkpoint import CheckpointError
+from seg.engine.distributed import cleanup, init_distributed, is_main_process
+from seg.engine.trainer import TrainingError, train
+from seg.models.weights import WeightsError
 
 register_configs()
 

@@ -85,6 +85,11 @@ def _device(cfg: DictConfig, local_rank: int) -> torch.device:
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def _amp_dtype(train_cfg: DictConfig) -> torch.dtype:
+    name = getattr(train_cfg.amp_dtype, "value", train_cfg.amp_dtype)
+    return torch.float16 if name == "float16" else torch.bfloat16
+
+
 def _checkpoint_path(value: Optional[str], key: str) -> Optional[Path]:
     if value is None:
         return None
@@ -159,11 +164,28 @@ class TrainNet(nn.Module):
         return logits, F.interpolate(aux, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _load_init(model: nn.Module, path: Path) -> None:
+# Model settings that change what the weights compute without changing their shapes.
+_NUMERICS = ("normalization", "align_corners", "backbone.tf_same_padding", "backbone.bn_eps")
+
+
+def _load_init(model: nn.Module, path: Path, model_cfg: DictConfig) -> None:
     """Fine-tuning start: model weights from a checkpoint; classifiers of another class count are
     dropped (re-initialised)."""
     state = load_checkpoint(path)
     weights = state["model"] if isinstance(state.get("model"), dict) else state
+    if isinstance(state.get("config"), str):
+        stored = OmegaConf.create(state["config"]).get("model", {})
+
+        def value(cfg: Any, key: str) -> Any:
+            v = OmegaConf.select(cfg, key, default=None)
+            return getattr(v, "value", v)  # enums as their names
+
+        differ = [k for k in _NUMERICS if value(stored, k) is not None and value(stored, k) != value(model_cfg, k)]
+        if differ:
+            # e.g. a converted TF DeepLab checkpoint (x/127.5 - 1, SAME padding) into a default model
+            log.warning("train.init_from: %s was trained with other %s: set %s as it has them, or expect a "
+                        "rough start", path, ", ".join(differ),
+                        " ".join(f"model.{k}={value(stored, k)}" for k in differ))
     own = model.state_dict()
     dropped, mismatched = [], []
     for key, value in weights.items():
@@ -307,7 +329,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     aux = AuxHead(model.backbone.channels["mid_level"], num_classes) if t.aux_loss_weight > 0 else None
     net = TrainNet(model, aux)
     if init_path is not None:
-        _load_init(model, init_path)
+        _load_init(model, init_path, cfg.model)
     if t.sync_bn and world_size > 1 and not t.freeze_bn:
         if device.type == "cpu":
             # torch's SyncBatchNorm runs on GPUs only.
@@ -327,7 +349,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     optimizer = torch.optim.SGD(_param_groups(net, cfg), lr=t.lr, momentum=t.momentum)
     scheduler = build_scheduler(optimizer, t.max_iters, t.poly_power, t.warmup_iters, t.warmup_factor)
-    amp_dtype = torch.float16 if getattr(t.amp_dtype, "value", t.amp_dtype) == "float16" else torch.bfloat16
+    amp_dtype = _amp_dtype(t)
     use_amp = bool(t.amp) and cuda
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     class_weights = None
@@ -542,7 +564,7 @@ def time_train_steps(model_cfg: DictConfig, train_cfg: DictConfig, crop_size: in
     net = TrainNet(model, None)
     optimizer = torch.optim.SGD(_param_groups(net, OmegaConf.create({"train": train_cfg})), lr=train_cfg.lr,
                                 momentum=train_cfg.momentum)
-    amp_dtype = torch.float16 if getattr(train_cfg.amp_dtype, "value", train_cfg.amp_dtype) == "float16" else torch.bfloat16
+    amp_dtype = _amp_dtype(train_cfg)
     use_amp = bool(train_cfg.amp) and cuda
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     images = torch.randint(0, 256, (batch_size, 3, crop_size, crop_size), dtype=torch.uint8, device=device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -78,14 +79,20 @@ def tf_same_pad(size: Sequence[int], kernel: int, stride: int, dilation: int) ->
 
 
 class SqueezeExcitation(nn.Module):
-    """MobileNetV3's squeeze-and-excitation: pool, 1x1 reduce + ReLU, 1x1 expand + hard-sigmoid."""
+    """Squeeze-and-excitation: pool, 1x1 reduce + ReLU, 1x1 expand + gate (MobileNetV3's
+    hard-sigmoid by default; MnasNet-A1 gates with the sigmoid)."""
 
-    def __init__(self, channels: int, squeeze_channels: int) -> None:
+    def __init__(
+        self,
+        channels: int,
+        squeeze_channels: int,
+        gate: Callable[[], nn.Module] = partial(nn.Hardsigmoid, inplace=True),
+    ) -> None:
         super().__init__()
         self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
-        self.gate = nn.Hardsigmoid(inplace=True)
+        self.gate = gate()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = x.mean(dim=(2, 3), keepdim=True)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from seg.config import ChannelRounding
+from seg.models.classifier import ClassificationTop
 from seg.models.layers import ConvBNAct, dilated_strides, make_divisible
 
 # (expansion t, output channels c, repeats n, first stride s): Table 2 of the paper.
@@ -27,6 +28,7 @@ INVERTED_RESIDUAL_SETTING = [
     (6, 320, 1, 1),
 ]
 STEM_CHANNELS = 32
+LAST_CHANNELS = 1280  # the classification form's final 1x1 conv (not part of DeepLab's encoder)
 BN_EPS = 1e-5  # torchvision's; TensorFlow's MobileNetV2 uses 1e-3 (model.backbone.bn_eps)
 
 
@@ -89,6 +91,7 @@ class MobileNetV2(nn.Module):
         rounding = ChannelRounding(channel_rounding)
         bn_eps = BN_EPS if bn_eps is None else bn_eps
         self.depth_multiplier = depth_multiplier
+        self.bn_eps = bn_eps
 
         def width(c: int) -> int:
             if rounding is ChannelRounding.torchvision or depth_multiplier == 1.0:
@@ -143,6 +146,14 @@ class MobileNetV2(nn.Module):
         for block, (stride, dilation) in zip(self.blocks, placement[1:]):
             block.depthwise.set_stride_dilation(stride, dilation)
         self.output_stride = output_stride
+
+    def classification_top(self, num_classes: int = 1000) -> nn.Module:
+        """The paper's top: 1x1 conv to 1280 channels (1280 x multiplier above 1.0, never fewer) +
+        ReLU6, global average pool, fully connected."""
+        last = make_divisible(LAST_CHANNELS * max(1.0, self.depth_multiplier), 8)
+        return ClassificationTop(
+            self.channels["out"], num_classes, conv_channels=last, conv_activation=nn.ReLU6, bn_eps=self.bn_eps
+        )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features: dict[str, torch.Tensor] = {}

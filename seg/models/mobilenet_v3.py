@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from seg.config import ChannelRounding
+from seg.models.classifier import ClassificationTop
 from seg.models.layers import ConvBNAct, SqueezeExcitation, dilated_strides, make_divisible
 
 
@@ -117,6 +118,7 @@ class MobileNetV3(nn.Module):
         output_stride: int = 16,
         bn_eps: Optional[float] = None,
         tf_same_padding: bool = False,
+        hidden_channels: int = 1280,  # the classification form's layer after pooling (Small: 1024)
     ) -> None:
         super().__init__()
         bn_eps = BN_EPS if bn_eps is None else bn_eps
@@ -125,6 +127,8 @@ class MobileNetV3(nn.Module):
             return make_divisible(c * depth_multiplier, 8)
 
         self.depth_multiplier = depth_multiplier
+        self.bn_eps = bn_eps
+        self.hidden_channels = width(hidden_channels)
         self._nominal_strides = [2] + [s.stride for s in specs]
         placement = dilated_strides(self._nominal_strides, output_stride)
         stem_channels = width(STEM_CHANNELS)
@@ -161,6 +165,11 @@ class MobileNetV3(nn.Module):
             block.depthwise.set_stride_dilation(stride, dilation)
         self.output_stride = output_stride
 
+    def classification_top(self, num_classes: int = 1000) -> nn.Module:
+        """The paper's top after the final 1x1 conv: global average pool, 1x1 conv (no BN) to
+        1280 / 1024 channels + hard-swish, then the classes (as torchvision, with Linear layers)."""
+        return ClassificationTop(self.channels["out"], num_classes, hidden_channels=self.hidden_channels)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features: dict[str, torch.Tensor] = {}
         x = self.stem(x)
@@ -187,7 +196,8 @@ def _build(
     tf_same_padding: bool,
 ) -> MobileNetV3:
     ChannelRounding(channel_rounding)  # validates the value; both modes round to multiples of 8
-    model = MobileNetV3(specs, depth_multiplier, output_stride, bn_eps, tf_same_padding)
+    hidden = 1024 if arch == "mobilenet_v3_small" else 1280  # Tables 1 and 2
+    model = MobileNetV3(specs, depth_multiplier, output_stride, bn_eps, tf_same_padding, hidden)
     if weights is not None or pretrained is not None:
         from seg.models.weights import load_imagenet_weights
 

@@ -1,9 +1,9 @@
 """ImageNet initialisation of the encoders from torchvision's classification checkpoints.
 
-torchvision's `mobilenet_v2`, `mobilenet_v3_large` and `mobilenet_v3_small` state_dicts are mapped
-by name onto our modules; the classifier (and MobileNetV2's final 1280-channel conv, which DeepLab
-does not use) are left out. Any tensor of ours without a source, or of a different shape, is an
-error that names it.
+torchvision's `mobilenet_v2`, `mobilenet_v3_large`, `mobilenet_v3_small` and `mnasnet*` (MnasNet-B1)
+state_dicts are mapped by name onto our modules; the classifier (and MobileNetV2's and MnasNet's
+final 1280-channel conv, which the encoders do not use) are left out. Any tensor of ours without a
+source, or of a different shape, is an error that names it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ TORCHVISION_WEIGHTS = {
     "mobilenet_v2": "MobileNet_V2_Weights.IMAGENET1K_V1",
     "mobilenet_v3_large": "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
     "mobilenet_v3_small": "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
+    "mnasnet0_5": "MNASNet0_5_Weights.IMAGENET1K_V1",
+    "mnasnet0_75": "MNASNet0_75_Weights.IMAGENET1K_V1",
+    "mnasnet1_0": "MNASNet1_0_Weights.IMAGENET1K_V1",
+    "mnasnet1_3": "MNASNet1_3_Weights.IMAGENET1K_V1",
 }
 
 
@@ -33,8 +37,27 @@ def _conv_bn(ours: str, conv: str, bn: str) -> dict[str, str]:
     return mapping
 
 
+def _mnasnet_key_map(model: nn.Module) -> dict[str, str]:
+    """torchvision's MNASNet is one flat Sequential `layers`: stem conv, bn (0, 1), separable
+    depthwise conv, bn (3, 4), projection conv, bn (6, 7), then one Sequential per stage (8-13) of
+    blocks whose `layers` are expand conv, bn (0, 1), depthwise conv, bn (3, 4), projection conv, bn (6, 7)."""
+    from seg.models.mnasnet import B1
+
+    mapping = _conv_bn("stem", "layers.0", "layers.1")
+    mapping.update(_conv_bn("blocks.0.depthwise", "layers.3", "layers.4"))
+    mapping.update(_conv_bn("blocks.0.project", "layers.6", "layers.7"))
+    stage_block = [(stage, i) for stage, spec in enumerate(B1) for i in range(spec.repeats)]
+    for index, (stage, i) in enumerate(stage_block[: len(model.blocks) - 1], start=1):
+        tv = f"layers.{8 + stage}.{i}.layers"
+        for part, (conv, bn) in {"expand": (0, 1), "depthwise": (3, 4), "project": (6, 7)}.items():
+            mapping.update(_conv_bn(f"blocks.{index}.{part}", f"{tv}.{conv}", f"{tv}.{bn}"))
+    return mapping
+
+
 def torchvision_key_map(model: nn.Module, arch: str) -> dict[str, str]:
     """Our state_dict key -> torchvision's key, for every tensor of the encoder."""
+    if arch.startswith("mnasnet"):
+        return _mnasnet_key_map(model)
     mapping = _conv_bn("stem", "features.0.0", "features.0.1")
     for index, block in enumerate(model.blocks):
         tv = f"features.{index + 1}"
@@ -85,6 +108,8 @@ def load_torchvision_state_dict(model: nn.Module, state_dict: dict[str, torch.Te
             lines.append(
                 "  torchvision rounds MobileNetV2 widths differently: set model.backbone.channel_rounding=torchvision"
             )
+        if mismatched and arch.startswith("mnasnet"):
+            lines.append("  a torchvision MNASNet file fits only model.backbone.depth_multiplier equal to its own")
         raise WeightsError("\n".join(lines))
     model.load_state_dict({k: state_dict[tv] for k, tv in mapping.items()}, strict=True)
 
