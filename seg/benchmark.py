@@ -234,7 +234,7 @@ def _prepare_classifier(entry: dict[str, Any], modes: list[str], threads: int, w
         from seg.export.onnx import OnnxRunner, export_onnx
 
         path = export_onnx(fold_batchnorm(model), workdir / f"{len(list(workdir.iterdir()))}.onnx", x)
-        runner, xn = OnnxRunner(path, threads), x.numpy()
+        runner, xn = OnnxRunner(path, threads, spinning=False), x.numpy()  # sessions take turns
         calls["ort_fp32"] = lambda: runner(xn)
     return row, calls
 

@@ -205,7 +205,7 @@ def _prepare_model(spec: Spec, cfg: Any, workdir: Path, calib: dict[int, list], 
 
         fp32_path = workdir / f"{len(list(workdir.iterdir()))}.onnx"
         export_onnx(fold_batchnorm(model), fp32_path, x)
-        fp32 = OnnxRunner(fp32_path, cfg.benchmark.threads)
+        fp32 = OnnxRunner(fp32_path, cfg.benchmark.threads, spinning=False)  # sessions take turns
         xn = x.numpy()
         if "ort_fp32" in modes:
             calls["ort_fp32"] = lambda: fp32(xn)
@@ -214,7 +214,7 @@ def _prepare_model(spec: Spec, cfg: Any, workdir: Path, calib: dict[int, list], 
 
             int8_path = fp32_path.with_suffix(".int8.onnx")
             quantize_int8(fp32_path, int8_path, calib[size])
-            int8 = OnnxRunner(int8_path, cfg.benchmark.threads)
+            int8 = OnnxRunner(int8_path, cfg.benchmark.threads, spinning=False)
             calls["ort_int8"] = lambda: int8(xn)
             labels = [(fp32(v).argmax(1), int8(v).argmax(1)) for v in check[size]]
             row["int8_agreement"] = float(np.mean([(a == q).mean() for a, q in labels])) if labels else None
