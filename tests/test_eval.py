@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from seg.data import build_dataset
 from seg.data.transforms import build_eval_transform
 from seg.engine.checkpoint import save_checkpoint
 from seg.engine.evaluator import evaluate, predict_probs, run_evaluation
+from seg.engine.trainer import train
 from seg.models import build_segmenter
 
 from conftest import CONF_DIR
@@ -183,3 +186,29 @@ def test_pad_to_evaluates_on_the_padded_crop_and_crops_back():
     assert np.asarray(metrics["confusion_matrix"]).sum() == 40 * 30
     with pytest.raises(ValueError, match="eval.pad_to=16"):
         evaluate(model, ListDataset([(image, mask)]), "deeplab", num_classes=21, pad_to=16, progress=False)
+
+
+def test_end_to_end_eval_of_a_briefly_trained_checkpoint(tmp_path):
+    """tools/eval.py on a checkpoint from a few training iterations: the model and the dataset come
+    from the checkpoint's config, and single-scale evaluation reproduces the trainer's own val
+    evaluation; multi-scale + flip at OS8 then runs on the same checkpoint."""
+    root = tmp_path / "synthetic"
+    cfg = config("head=lraspp", f"dataset.root={root}", "dataset.synthetic.num_train=8",
+                 "dataset.synthetic.num_val=3", "dataset.synthetic.image_size=48", "dataset.num_workers=0",
+                 "train.max_iters=3", "train.warmup_iters=0", "train.batch_size=4", "train.crop_size=32",
+                 "train.eval_every=0", "train.checkpoint_every=0", "train.progress=false", "train.vis_images=1")
+    trained = train(cfg, tmp_path / "train")
+    ckpt = tmp_path / "train" / "checkpoints" / "last.pt"
+
+    repo = CONF_DIR.parent
+    for run, extra in (("single", []), ("multi", ["eval.output_stride=8", "eval.scales=[0.75,1.0,1.25]",
+                                                    "eval.flip=true"])):
+        out = subprocess.run([sys.executable, str(repo / "tools" / "eval.py"), f"checkpoint={ckpt}",
+                              f"hydra.run.dir={tmp_path / run}", *extra],
+                             cwd=repo, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+    single = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    assert single["num_images"] == 3 and single["miou"] == pytest.approx(trained["miou"], abs=1e-9)
+    multi = json.loads((tmp_path / "multi" / "metrics.json").read_text())
+    assert multi["output_stride"] == 8 and multi["scales"] == [0.75, 1.0, 1.25] and multi["flip"] is True
+    assert np.asarray(multi["confusion_matrix"]).sum() == np.asarray(single["confusion_matrix"]).sum()
