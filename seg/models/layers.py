@@ -118,3 +118,49 @@ def dilated_strides(strides: list[int], output_stride: int) -> list[tuple[int, i
             current_stride *= s
             out.append((s, rate))
     return out
+
+
+class Encoder(nn.Module):
+    """What every encoder shares: a stride-2 `stem`, then `blocks` whose `depthwise` conv carries
+    the block's stride and dilation, tapped at the last block of nominal stride 4 (`low_level`) and
+    8 (`mid_level`). A subclass calls `_plan` for the blocks' (stride, dilation) before building
+    them, sets `stem` and `blocks`, then calls `_tap`; `_last` post-processes the final block."""
+
+    def _plan(self, block_strides: Sequence[int], output_stride: int) -> list[tuple[int, int]]:
+        """(stride, dilation) of every block at `output_stride` (the stem keeps stride 2)."""
+        self._nominal_strides = [2, *block_strides]
+        self.output_stride = output_stride
+        return dilated_strides(self._nominal_strides, output_stride)[1:]
+
+    def _tap(self, block_channels: Sequence[int], out_channels: Optional[int] = None) -> None:
+        """Feature taps and `channels` from each block's output width (`out_channels`: that of
+        `out` when `_last` changes it)."""
+        cumulative, self._taps, self.channels = 2, {}, {}
+        for index, (stride, channels) in enumerate(zip(self._nominal_strides[1:], block_channels)):
+            cumulative *= stride
+            name = {4: "low_level", 8: "mid_level"}.get(cumulative)
+            if name is not None:  # the last block at that stride wins
+                self._taps[name] = index
+                self.channels[name] = channels
+        self.channels["out"] = block_channels[-1] if out_channels is None else out_channels
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Switch between output stride 8, 16 and 32 by changing strides and dilations only."""
+        for block, (stride, dilation) in zip(self.blocks, self._plan(self._nominal_strides[1:], output_stride)):
+            block.depthwise.set_stride_dilation(stride, dilation)
+
+    def _last(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features: dict[str, torch.Tensor] = {}
+        x = self.stem(x)
+        low, mid = self._taps["low_level"], self._taps["mid_level"]
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index == low:
+                features["low_level"] = x
+            elif index == mid:
+                features["mid_level"] = x
+        features["out"] = self._last(x)
+        return features

@@ -21,7 +21,7 @@ from torch import nn
 
 from seg.config import ChannelRounding
 from seg.models.classifier import ClassificationTop
-from seg.models.layers import ConvBNAct, SqueezeExcitation, dilated_strides, make_divisible
+from seg.models.layers import ConvBNAct, Encoder, SqueezeExcitation, make_divisible
 
 
 class StageSpec(NamedTuple):
@@ -102,7 +102,7 @@ class MBConv(nn.Module):
         return x + out if self.use_residual else out
 
 
-class MnasNet(nn.Module):
+class MnasNet(Encoder):
     """MnasNet feature extractor returning `{"low_level", "mid_level", "out"}` (strides 4, 8 and the
     output stride: 24, 40 and 320 channels at multiplier 1.0); `channels` gives their counts."""
 
@@ -130,48 +130,18 @@ class MnasNet(nn.Module):
             for i in range(stage.repeats):
                 layers.append((layers[-1][1], width(stage.out), stage.expansion, stage.kernel,
                                stage.stride if i == 0 else 1, stage.se))  # fmt: skip
-        self._nominal_strides = [2] + [layer[4] for layer in layers]
-        placement = dilated_strides(self._nominal_strides, output_stride)
+        placement = self._plan([layer[4] for layer in layers], output_stride)
 
         self.stem = ConvBNAct(3, stem_channels, 3, stride=2, bn_eps=bn_eps, tf_same_padding=tf_same_padding)
         self.blocks = nn.ModuleList(
             MBConv(cin, cout, t, k, stride, dilation, se, bn_eps, tf_same_padding)
-            for (cin, cout, t, k, _, se), (stride, dilation) in zip(layers, placement[1:])
+            for (cin, cout, t, k, _, se), (stride, dilation) in zip(layers, placement)
         )
-        cumulative, self._taps, channels = 2, {}, {}
-        for index, layer in enumerate(layers):
-            cumulative *= layer[4]
-            name = {4: "low_level", 8: "mid_level"}.get(cumulative)
-            if name is not None:  # the last block at that stride wins
-                self._taps[name] = index
-                channels[name] = layer[1]
-        channels["out"] = layers[-1][1]
-        self.channels = channels
-        self.output_stride = output_stride
-
-    def set_output_stride(self, output_stride: int) -> None:
-        """Switch between output stride 8, 16 and 32 by changing strides and dilations only."""
-        placement = dilated_strides(self._nominal_strides, output_stride)
-        for block, (stride, dilation) in zip(self.blocks, placement[1:]):
-            block.depthwise.set_stride_dilation(stride, dilation)
-        self.output_stride = output_stride
+        self._tap([layer[1] for layer in layers])
 
     def classification_top(self, num_classes: int = 1000) -> nn.Module:
         """1x1 conv to 1280 + BN + ReLU, global average pool, fully connected (torchvision's)."""
         return ClassificationTop(self.channels["out"], num_classes, conv_channels=LAST_CHANNELS, bn_eps=self.bn_eps)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features: dict[str, torch.Tensor] = {}
-        x = self.stem(x)
-        low, mid = self._taps["low_level"], self._taps["mid_level"]
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index == low:
-                features["low_level"] = x
-            elif index == mid:
-                features["mid_level"] = x
-        features["out"] = x
-        return features
 
 
 # torchvision's MNASNet (B1) builders by multiplier, for `pretrained` / `weights`.

@@ -17,7 +17,7 @@ from torch import nn
 
 from seg.config import ChannelRounding
 from seg.models.classifier import ClassificationTop
-from seg.models.layers import ConvBNAct, dilated_strides, make_divisible
+from seg.models.layers import ConvBNAct, Encoder, make_divisible
 
 # (pointwise output channels, depthwise stride) of the 13 depthwise-separable layers: Table 1.
 SEPARABLE_SETTING = [
@@ -71,7 +71,7 @@ class DepthwiseSeparable(nn.Module):
         return self.pointwise(self.depthwise(x))
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(Encoder):
     """MobileNetV1 feature extractor returning `{"low_level", "mid_level", "out"}`.
 
     `low_level` is the last stride-4 feature map (128 channels at alpha 1.0), `mid_level` the last
@@ -100,49 +100,18 @@ class MobileNetV1(nn.Module):
             return max(int(c * depth_multiplier), MIN_DEPTH)
 
         stem_channels = width(STEM_CHANNELS)
-        self._nominal_strides = [2] + [s for _, s in SEPARABLE_SETTING]
-        placement = dilated_strides(self._nominal_strides, output_stride)
+        placement = self._plan([s for _, s in SEPARABLE_SETTING], output_stride)
         self.stem = ConvBNAct(3, stem_channels, 3, stride=2, bn_eps=bn_eps, tf_same_padding=tf_same_padding)
-
-        blocks, in_channels, cumulative, self._taps = [], stem_channels, 2, {}
-        channels: dict[str, int] = {}
-        for index, ((c, s), (stride, dilation)) in enumerate(zip(SEPARABLE_SETTING, placement[1:])):
-            out_channels = width(c)
-            blocks.append(DepthwiseSeparable(in_channels, out_channels, stride, dilation, bn_eps, tf_same_padding))
-            in_channels = out_channels
-            cumulative *= s
-            name = {4: "low_level", 8: "mid_level"}.get(cumulative)
-            if name is not None:  # the last layer at that stride wins
-                self._taps[name] = index
-                channels[name] = out_channels
-        self.blocks = nn.ModuleList(blocks)
-        channels["out"] = in_channels
-        self.channels = channels
-        self.output_stride = output_stride
-
-    def set_output_stride(self, output_stride: int) -> None:
-        """Switch between output stride 8, 16 and 32 by changing strides and dilations only."""
-        placement = dilated_strides(self._nominal_strides, output_stride)
-        for block, (stride, dilation) in zip(self.blocks, placement[1:]):
-            block.depthwise.set_stride_dilation(stride, dilation)
-        self.output_stride = output_stride
+        widths = [width(c) for c, _ in SEPARABLE_SETTING]
+        self.blocks = nn.ModuleList(
+            DepthwiseSeparable(cin, cout, stride, dilation, bn_eps, tf_same_padding)
+            for cin, cout, (stride, dilation) in zip([stem_channels, *widths], widths, placement)
+        )
+        self._tap(widths)
 
     def classification_top(self, num_classes: int = 1000) -> nn.Module:
         """The paper's top: global average pool and a fully connected layer on the 1024*alpha features."""
         return ClassificationTop(self.channels["out"], num_classes)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features: dict[str, torch.Tensor] = {}
-        x = self.stem(x)
-        low, mid = self._taps["low_level"], self._taps["mid_level"]
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index == low:
-                features["low_level"] = x
-            elif index == mid:
-                features["mid_level"] = x
-        features["out"] = x
-        return features
 
 
 def mobilenet_v1(

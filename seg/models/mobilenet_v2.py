@@ -15,7 +15,7 @@ from torch import nn
 
 from seg.config import ChannelRounding
 from seg.models.classifier import ClassificationTop
-from seg.models.layers import ConvBNAct, dilated_strides, make_divisible
+from seg.models.layers import ConvBNAct, Encoder, make_divisible
 
 # (expansion t, output channels c, repeats n, first stride s): Table 2 of the paper.
 INVERTED_RESIDUAL_SETTING = [
@@ -71,7 +71,7 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_residual else out
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(Encoder):
     """MobileNetV2 feature extractor returning `{"low_level", "mid_level", "out"}`.
 
     `low_level` is the last stride-4 feature map (24 channels at multiplier 1.0), `mid_level` the
@@ -114,38 +114,16 @@ class MobileNetV2(nn.Module):
             for i in range(n):
                 layers.append((in_channels, expansion(in_channels, t), out_channels, s if i == 0 else 1))
                 in_channels = out_channels
-        self._nominal_strides = [2] + [layer[3] for layer in layers]
-        placement = dilated_strides(self._nominal_strides, output_stride)
+        placement = self._plan([layer[3] for layer in layers], output_stride)
 
         self.stem = ConvBNAct(
             3, stem_channels, 3, stride=2, activation=nn.ReLU6, bn_eps=bn_eps, tf_same_padding=tf_same_padding
         )
         self.blocks = nn.ModuleList(
             InvertedResidual(cin, cexp, cout, stride, dilation, bn_eps, tf_same_padding)
-            for (cin, cexp, cout, _), (stride, dilation) in zip(layers, placement[1:])
+            for (cin, cexp, cout, _), (stride, dilation) in zip(layers, placement)
         )
-        self.output_stride = output_stride
-
-        # Feature taps: the last block at nominal stride 4 and 8.
-        cumulative, self._taps = 2, {}
-        for index, (_, _, cout, s) in enumerate(layers):
-            cumulative *= s
-            if cumulative == 4:
-                self._taps["low_level"] = index
-            elif cumulative == 8:
-                self._taps["mid_level"] = index
-        self.channels = {
-            "low_level": layers[self._taps["low_level"]][2],
-            "mid_level": layers[self._taps["mid_level"]][2],
-            "out": layers[-1][2],
-        }
-
-    def set_output_stride(self, output_stride: int) -> None:
-        """Switch between output stride 8, 16 and 32 by changing strides and dilations only."""
-        placement = dilated_strides(self._nominal_strides, output_stride)
-        for block, (stride, dilation) in zip(self.blocks, placement[1:]):
-            block.depthwise.set_stride_dilation(stride, dilation)
-        self.output_stride = output_stride
+        self._tap([layer[2] for layer in layers])
 
     def classification_top(self, num_classes: int = 1000) -> nn.Module:
         """The paper's top: 1x1 conv to 1280 channels (1280 x multiplier above 1.0, never fewer) +
@@ -154,19 +132,6 @@ class MobileNetV2(nn.Module):
         return ClassificationTop(
             self.channels["out"], num_classes, conv_channels=last, conv_activation=nn.ReLU6, bn_eps=self.bn_eps
         )
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features: dict[str, torch.Tensor] = {}
-        x = self.stem(x)
-        low, mid = self._taps["low_level"], self._taps["mid_level"]
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index == low:
-                features["low_level"] = x
-            elif index == mid:
-                features["mid_level"] = x
-        features["out"] = x
-        return features
 
 
 def mobilenet_v2(

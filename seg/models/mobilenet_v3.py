@@ -17,7 +17,7 @@ from torch import nn
 
 from seg.config import ChannelRounding
 from seg.models.classifier import ClassificationTop
-from seg.models.layers import ConvBNAct, SqueezeExcitation, dilated_strides, make_divisible
+from seg.models.layers import ConvBNAct, Encoder, SqueezeExcitation, make_divisible
 
 
 class BlockSpec(NamedTuple):
@@ -107,7 +107,7 @@ class InvertedResidualV3(nn.Module):
         return x + out if self.use_residual else out
 
 
-class MobileNetV3(nn.Module):
+class MobileNetV3(Encoder):
     """MobileNetV3 feature extractor returning `{"low_level", "mid_level", "out"}` (strides 4, 8
     and the output stride); `channels` gives their channel counts."""
 
@@ -129,59 +129,28 @@ class MobileNetV3(nn.Module):
         self.depth_multiplier = depth_multiplier
         self.bn_eps = bn_eps
         self.hidden_channels = width(hidden_channels)
-        self._nominal_strides = [2] + [s.stride for s in specs]
-        placement = dilated_strides(self._nominal_strides, output_stride)
+        placement = self._plan([s.stride for s in specs], output_stride)
         stem_channels = width(STEM_CHANNELS)
         self.stem = ConvBNAct(
             3, stem_channels, 3, stride=2, activation=nn.Hardswish, bn_eps=bn_eps, tf_same_padding=tf_same_padding
         )
 
-        blocks, in_channels, cumulative, self._taps = [], stem_channels, 2, {}
-        channels: dict[str, int] = {}
-        for index, (spec, (stride, dilation)) in enumerate(zip(specs, placement[1:])):
-            out_channels = width(spec.out)
-            blocks.append(
-                InvertedResidualV3(
-                    in_channels, spec, width(spec.expanded), out_channels, stride, dilation, bn_eps, tf_same_padding
-                )
-            )
-            in_channels = out_channels
-            cumulative *= spec.stride
-            name = {4: "low_level", 8: "mid_level"}.get(cumulative)
-            if name is not None:
-                self._taps[name] = index
-                channels[name] = out_channels
-        self.blocks = nn.ModuleList(blocks)
-        last_channels = 6 * in_channels
-        self.last_conv = ConvBNAct(in_channels, last_channels, 1, activation=nn.Hardswish, bn_eps=bn_eps)
-        channels["out"] = last_channels
-        self.channels = channels
-        self.output_stride = output_stride
-
-    def set_output_stride(self, output_stride: int) -> None:
-        """Switch between output stride 8, 16 and 32 by changing strides and dilations only."""
-        placement = dilated_strides(self._nominal_strides, output_stride)
-        for block, (stride, dilation) in zip(self.blocks, placement[1:]):
-            block.depthwise.set_stride_dilation(stride, dilation)
-        self.output_stride = output_stride
+        widths = [width(spec.out) for spec in specs]
+        self.blocks = nn.ModuleList(
+            InvertedResidualV3(cin, spec, width(spec.expanded), cout, stride, dilation, bn_eps, tf_same_padding)
+            for cin, cout, spec, (stride, dilation) in zip([stem_channels, *widths], widths, specs, placement)
+        )
+        last_channels = 6 * widths[-1]
+        self.last_conv = ConvBNAct(widths[-1], last_channels, 1, activation=nn.Hardswish, bn_eps=bn_eps)
+        self._tap(widths, out_channels=last_channels)
 
     def classification_top(self, num_classes: int = 1000) -> nn.Module:
         """The paper's top after the final 1x1 conv: global average pool, 1x1 conv (no BN) to
         1280 / 1024 channels + hard-swish, then the classes (as torchvision, with Linear layers)."""
         return ClassificationTop(self.channels["out"], num_classes, hidden_channels=self.hidden_channels)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        features: dict[str, torch.Tensor] = {}
-        x = self.stem(x)
-        low, mid = self._taps["low_level"], self._taps["mid_level"]
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index == low:
-                features["low_level"] = x
-            elif index == mid:
-                features["mid_level"] = x
-        features["out"] = self.last_conv(x)
-        return features
+    def _last(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_conv(x)
 
 
 def _build(
