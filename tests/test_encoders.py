@@ -25,7 +25,7 @@ from seg.models.mnasnet import mnasnet_a1, mnasnet_b1
 from seg.models.mobilenet_v1 import mobilenet_v1
 from seg.models.weights import WeightsError
 
-from conftest import CONF_DIR
+from conftest import CONF_DIR, randomize_batchnorm
 
 register_configs()
 BACKBONES = ["mnv1", "mnasnet_b1", "mnasnet_a1"]
@@ -42,16 +42,6 @@ def build(backbone: str, head: str, output_stride: int = 16, num_classes: int = 
     cfg = compose_cfg(f"backbone={backbone}", f"head={head}", f"model.output_stride={output_stride}",
                       f"dataset.num_classes={num_classes}")  # fmt: skip
     return build_segmenter(cfg.model).eval()
-
-
-def randomise_batchnorm(model: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
 
 
 # --- segmentation: every head, every output stride ------------------------------------------
@@ -94,7 +84,7 @@ def test_feature_channels_and_widths():
 def test_set_output_stride_equals_a_model_built_at_that_stride(backbone, head):
     torch.manual_seed(0)
     at16 = build(backbone, head, output_stride=16)
-    randomise_batchnorm(at16)
+    randomize_batchnorm(at16)
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():
         before = at16(x)
@@ -115,7 +105,7 @@ def test_set_output_stride_equals_a_model_built_at_that_stride(backbone, head):
 def test_torchvision_mnasnet_weights_reproduce_torchvision_features(tmp_path, multiplier, tv_fn):
     torch.manual_seed(0)
     tv = tv_fn(weights=None).eval()
-    randomise_batchnorm(tv)
+    randomize_batchnorm(tv)
     path = tmp_path / "mnasnet.pth"
     torch.save(tv.state_dict(), path)
     ours = mnasnet_b1(multiplier, output_stride=32, weights=str(path)).eval()
@@ -171,7 +161,7 @@ def test_onnx_export_matches_pytorch(tmp_path, backbone, head):
     cfg = compose_cfg(*data, f"backbone={backbone}", f"head={head}")
     torch.manual_seed(0)
     model = build_segmenter(cfg.model).eval()
-    randomise_batchnorm(model)
+    randomize_batchnorm(model)
     ckpt = tmp_path / f"{backbone}_{head}.pt"
     save_checkpoint(ckpt, {"model": model.state_dict(), "config": OmegaConf.to_yaml(cfg, resolve=True)})
     report = run_export(compose_cfg(*data, f"checkpoint={ckpt}", f"export.input_size={SIZE}", "export.check_images=2"))

@@ -22,7 +22,7 @@ from seg.export.runtime import upsample_argmax
 from seg.fastpath import count_batchnorm, fast_model, fold_batchnorm
 from seg.models import build_segmenter
 
-from conftest import CONF_DIR
+from conftest import CONF_DIR, randomize_batchnorm
 
 register_configs()
 SIZE = 65
@@ -36,23 +36,12 @@ def config(tmp_path, *overrides: str):
         return compose("config", overrides=[*data, *overrides])
 
 
-def randomize_bn(model: torch.nn.Module) -> None:
-    """Batch-norm statistics that are not the identity, so that folding them is really tested."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-
-
 def checkpoint(tmp_path, backbone="mnv3_small", head="lraspp", *overrides: str):
     """A checkpoint of a random model (non-trivial batch norm) with a tiny built-in dataset."""
     cfg = config(tmp_path, f"backbone={backbone}", f"head={head}", *overrides)
     torch.manual_seed(0)
     model = build_segmenter(cfg.model).eval()
-    randomize_bn(model)
+    randomize_batchnorm(model, seed=1)
     path = tmp_path / f"{backbone}_{head}.pt"
     save_checkpoint(path, {"model": model.state_dict(), "config": OmegaConf.to_yaml(cfg, resolve=True)})
     return path, model, cfg
@@ -69,7 +58,7 @@ def test_fold_batchnorm_and_fast_path_keep_the_outputs():
             cfg = compose("config", overrides=[f"backbone={backbone}", f"head={head}"])
         torch.manual_seed(0)
         model = build_segmenter(cfg.model).eval()
-        randomize_bn(model)
+        randomize_batchnorm(model, seed=1)
         folded = fold_batchnorm(model)
         assert count_batchnorm(folded) == 0 and count_batchnorm(model) > 0  # the original is untouched
         x = torch.randn(1, 3, 57, 71)
