@@ -275,6 +275,9 @@ class LatencyConfig:
     modes: List[str] = field(default_factory=lambda: ["eager", "fast", "ort_fp32", "ort_int8"])
     calibration_images: int = 16  # train images of the dataset that calibrate the int8 models
     agreement_images: int = 8  # val images on which int8 and fp32 argmaxes are compared
+    # Training checkpoints to add as rows ("trained 1: ..."), each calibrated and compared on its
+    # own dataset's images: the int8 agreement of trained weights (the other rows are random).
+    checkpoints: List[str] = field(default_factory=list)
     peak_runs: int = 10  # timed runs of each peak measurement (matmul, 1x1 conv)
 
 
@@ -329,11 +332,14 @@ class ExportConfig:
     input_size: int = 513  # square input for static exports
     dynamic: bool = False  # dynamic height and width (batch stays 1)
     opset: Optional[int] = None  # None: the exporter's current default
-    # Static ONNX: the final logits resize as two MatMuls with bilinear weights (same values, faster
-    # on ONNX Runtime); false keeps it a Resize op.
+    # Static ONNX: the final logits resize, from up to 48 rows of logits, as two MatMuls with
+    # bilinear weights (same values, faster on ONNX Runtime); false keeps it a Resize op.
     resize_matmul: bool = True
     quantize: Optional[Quantize] = None  # int8: ONNX Runtime static QDQ quantization (onnx only)
     calibration_images: int = 32  # train-split images of the dataset that calibrate int8
+    # int8: modules (state_dict paths) kept in float. The stem and first block run at half the
+    # input resolution, where ONNX Runtime's int8 kernels are slower than float on x86; [] for all int8.
+    float_modules: List[str] = field(default_factory=lambda: ["backbone.stem", "backbone.blocks.0"])
     include_preprocessing: bool = False  # input raw uint8 RGB NHWC; normalisation inside the graph
     output: ExportOutput = ExportOutput.logits
     check_images: int = 4  # val images the exported model is compared with PyTorch on

@@ -146,12 +146,76 @@ def test_int8_export_on_a_tiny_calibration_set(tmp_path, capsys):
     weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
                  and len(inits[n.input[0]].dims) == 4]  # fmt: skip
     assert weight_dq and all(len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1 for n in weight_dq)
+    # export.float_modules (default: the stem and the first block) keep float weights: the stem
+    # conv and block 0's depthwise and projection convs; every other conv is int8.
+    float_convs = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in inits]
+    assert len(float_convs) == 3 and len(weight_dq) == sum(n.op_type == "Conv" for n in graph.node) - 3
+    assert read_metadata(path)["float_modules"] == ["backbone.stem", "backbone.blocks.0"]
+    # The final resize writes float logits itself (no Quantize/Dequantize of the full-size logits).
+    (producer,) = [n for n in graph.node if "logits" in n.output]
+    assert producer.op_type == "MatMul"
     assert report["calibration_images"] == 2
     assert 0.9 <= report["int8_check"]["agreement_vs_fp32"] <= 1.0
     assert report["miou_images"] == 2 and 0 <= report["miou_int8"] <= 1 and 0 <= report["miou_fp32"] <= 1
     out = capsys.readouterr().out
     assert "int8 vs fp32" in out and "mIoU on 2 val images" in out
     assert read_metadata(path)["quantize"] == "int8"
+
+
+@pytest.mark.parametrize("src, dst", [((33, 33), (513, 513)), ((33, 65), (512, 500)), ((17, 13), (257, 200)),
+                                      ((48, 50), (61, 49)), ((49, 49), (513, 513))])
+def test_final_resize_as_matmuls_equals_bilinear_interpolation(src, dst):
+    """Up to MATMUL_MAX_ROWS source rows the final resize becomes two MatMuls with torch's
+    bilinear values (align_corners=False); above, the Resize op stays."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from seg.export.onnx import MATMUL_MAX_ROWS, resize_as_matmul
+
+    (h, w), (height, width) = src, dst
+    graph = helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "", "size"], ["y"], mode="linear", coordinate_transformation_mode="half_pixel")],
+        "resize",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, height, width]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, height, width])],
+        [numpy_helper.from_array(np.array([1, 5, height, width], np.int64), "size")])  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert resize_as_matmul(proto) == (h <= MATMUL_MAX_ROWS)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops == (["MatMul", "MatMul"] if h <= MATMUL_MAX_ROWS else ["Resize"])
+    x = np.random.default_rng(0).normal(size=(1, 5, h, w)).astype(np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": x, "image": np.zeros((1, 3, height, width), np.float32)})
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=dst, mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(y, ref.numpy(), atol=1e-4)
+
+
+def test_float_modules_name_the_layers_that_stay_float(tmp_path):
+    from seg.export.onnx import export_onnx
+    from seg.export.quantize import float_nodes
+
+    ckpt, model, _ = checkpoint(tmp_path, "mnv3_small", "lraspp")
+    proto = onnx.load(str(export_onnx(fold_batchnorm(model), tmp_path / "m.onnx", torch.randn(1, 3, SIZE, SIZE))))
+    convs = {n.name for n in proto.graph.node if n.op_type == "Conv"}
+    assert not set(float_nodes(proto, [])) & convs  # nothing requested: every conv is quantized
+    stem = set(float_nodes(proto, ["backbone.stem"])) & convs
+    assert len(stem) == 1
+    assert len(set(float_nodes(proto, ["backbone"])) & convs) > len(set(float_nodes(proto, ["backbone.blocks.0"])) & convs) > 0
+    with pytest.raises(ExportError, match=r"export.float_modules: no layer of the model is in 'backbone.stemm'.*backbone.stem"):
+        float_nodes(proto, ["backbone.stemm"])
+
+
+def test_int8_export_keeps_a_large_final_resize_float(tmp_path):
+    """DeepLabv3+ at 200x200: its decoder's 50x50 logits keep the Resize op, which int8 leaves
+    float (top-level forward): Dequantize -> Resize -> logits."""
+    ckpt, _, _ = checkpoint(tmp_path, "mnv3_small", "deeplabv3plus")
+    report = export(tmp_path, ckpt, "export.quantize=int8", "export.calibration_images=2", "export.eval_images=1",
+                    "export.input_size=200", "export.min_agreement=0.9")  # fmt: skip
+    graph = onnx.load(report["path"]).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    final = producers["logits"]
+    assert final.op_type == "Resize" and producers[final.input[0]].op_type == "DequantizeLinear"
+    assert report["int8_check"]["agreement_vs_fp32"] >= 0.9
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
@@ -239,6 +303,30 @@ def test_latency_task_runs_and_reports_the_targets(tmp_path, capsys):
         assert row[mode]["median_ms"] > 0 and row[mode]["p90_ms"] >= row[mode]["median_ms"] and row[mode]["gflops"] > 0
     assert 0 <= row["int8_agreement"] <= 1
     assert result["peak"]["matmul_gflops"] > 0 and result["peak"]["conv1x1_gflops"] > 0
-    assert {t["goal"] for t in result["targets"]} == {0.75, 2.0, 1.5}
+    assert {t["goal"] for t in result["targets"]} == {0.75, 2.0, 1.5, 0.98}
+    (agreement,) = [t for t in result["targets"] if t["goal"] == 0.98]
+    assert agreement["value"] is None and "benchmark.latency.checkpoints" in agreement["detail"]
     out = capsys.readouterr().out
     assert "| model | input | MAdds | eager | fast path | ORT fp32 | ORT int8 |" in out and "| target |" in out
+
+
+def test_latency_rows_for_trained_checkpoints(tmp_path, capsys):
+    """benchmark.latency.checkpoints: the checkpoint's own weights and dataset, and its int8
+    agreement is the one the target reads."""
+    from seg.benchmark import run_task
+
+    ckpt, model, _ = checkpoint(tmp_path, "mnv3_small", "lraspp")
+    cfg = config(tmp_path, "benchmark.task=latency", "benchmark.warmup=1", "benchmark.runs=2",
+                 "benchmark.latency.models=[]", f"benchmark.latency.checkpoints=[{ckpt}]",
+                 "benchmark.latency.modes=[ort_fp32,ort_int8]", "benchmark.latency.input_size=33",
+                 "benchmark.latency.calibration_images=2", "benchmark.latency.agreement_images=1",
+                 "benchmark.latency.peak_runs=1")  # fmt: skip
+    result = run_task(cfg)
+    (row,) = result["results"]
+    assert row["model"] == "trained 1: mobilenet_v3_small + lraspp" and row["checkpoint"] == str(ckpt)
+    assert row["params"] == sum(p.numel() for p in model.parameters())
+    assert row["float_modules"] == ["backbone.stem", "backbone.blocks.0"]
+    (agreement,) = [t for t in result["targets"] if t["goal"] == 0.98]
+    assert agreement["value"] == row["int8_agreement"] and 0 <= agreement["value"] <= 1
+    out = capsys.readouterr().out
+    assert f"trained 1: {ckpt}" in out and "(random)" not in out

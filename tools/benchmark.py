@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 from seg.benchmark import run_task
 from seg.config import register_configs
 from seg.data import DatasetError
+from seg.engine.checkpoint import CheckpointError
+from seg.export.common import ExportError
 
 register_configs()
 
@@ -29,7 +31,7 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     try:
         result = run_task(cfg)
-    except (DatasetError, ValueError) as e:
+    except (DatasetError, CheckpointError, ExportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     line = json.dumps(result)

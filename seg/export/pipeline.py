@@ -166,7 +166,8 @@ def _quantize(cfg, dataset_cfg, stored, metadata, fp32_path, path, fp32_runner, 
         calibration = _samples(dataset_cfg, "train", e.calibration_images)
     except DatasetError as exc:
         raise DatasetError(f"{exc} (int8 calibration needs the dataset's train images)") from exc
-    quantize_int8(fp32_path, path, [prepare(image)[0] for image, _ in calibration], metadata)
+    metadata["float_modules"] = list(e.float_modules)
+    quantize_int8(fp32_path, path, [prepare(image)[0] for image, _ in calibration], metadata, list(e.float_modules))
     int8 = OnnxRunner(path)
     labels = _value(e.output) == "labels"
     vs_torch = compare(torch_runner(reference), int8, inputs, labels, valid)
