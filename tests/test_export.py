@@ -204,6 +204,18 @@ def test_float_modules_name_the_layers_that_stay_float(tmp_path):
     with pytest.raises(ExportError, match=r"export.float_modules: no layer of the model is in 'backbone.stemm'.*backbone.stem"):
         float_nodes(proto, ["backbone.stemm"])
 
+    # The quantizer's pre-processing splits HardSwish into HardSigmoid and Mul, unnamed and without
+    # the exporter's metadata: the stem's pieces still stay float, and nothing outside it.
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from seg.export.quantize import carry_over
+
+    quant_pre_process(str(tmp_path / "m.onnx"), str(tmp_path / "pre.onnx"))
+    pre = onnx.load(str(tmp_path / "pre.onnx"))
+    kept = carry_over(pre, float_nodes(proto, ["backbone.stem"]))
+    ops = Counter(n.op_type for n in pre.graph.node if n.name in kept)
+    assert ops == Counter({"Conv": 1, "HardSigmoid": 1, "Mul": 1})
+
 
 def test_int8_export_keeps_a_large_final_resize_float(tmp_path):
     """DeepLabv3+ at 200x200: its decoder's 50x50 logits keep the Resize op, which int8 leaves
