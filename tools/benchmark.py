@@ -3,6 +3,8 @@
     python tools/benchmark.py data                      # loader images/s for 0, 1, 2 workers
     python tools/benchmark.py data benchmark.workers=[0,4] train.crop_size=321 dataset=voc_aug
     python tools/benchmark.py tradeoff                  # encoders: latency vs multiply-adds, plot + table
+    python tools/benchmark.py latency                   # deploy: our models and peers, eager / fast / ONNX Runtime fp32, int8
+    python tools/benchmark.py latency benchmark.latency.checkpoints=[outputs/.../checkpoints/best.pt]
 
 Prints a markdown table and, last, one JSON line, also written to `benchmark.output` (default:
 <run dir>/benchmark_<task>.json).
