@@ -1,16 +1,16 @@
 """int8 ONNX models by ONNX Runtime static quantization: QDQ format, per-channel int8 weights,
 uint8 activations whose ranges are calibrated on real images.
 
-Two choices beyond the quantizer's defaults, both measured with ONNX Runtime on x86 (README,
-"Export for apps"):
-- The final logits resize (MatMuls, see `seg.export.onnx.resize_as_matmul`) writes float
-  logits directly: its column MatMul takes int8 inputs but has no Quantize after it, which
-  ONNX Runtime runs as one integer matmul with float output (MatMulIntegerToFloat) instead of
-  an int8 matmul, a requantization and a float conversion of the full-size logits; its other
-  nodes stay float.
-- `float_modules` (module paths, e.g. `backbone.stem`) stay in float. The stem and first block
-  run at half the input resolution with few channels, where ONNX Runtime's int8 kernels are
-  slower than its float ones.
+Beyond the quantizer's defaults, three things stay float, each measured with ONNX Runtime on
+x86 (README, "Export for apps"):
+- The final logits resize (two MatMuls, see `seg.export.onnx.resize_as_matmul`). Its first
+  MatMul (columns, on the small logits) takes int8 inputs and outputs float, which ONNX Runtime
+  runs as one integer matmul (MatMulIntegerToFloat); the rest is float, so the full-size logits
+  are never requantized or converted.
+- `float_modules` (module paths, e.g. `backbone.stem`). The stem and first block run at half the
+  input resolution with few channels, where ONNX Runtime's int8 kernels are slower than its
+  float ones.
+- The top-level forward's own operations (normalisation, a final Resize op, argmax).
 """
 
 from __future__ import annotations
