@@ -126,7 +126,11 @@ def quantize_int8(
         raise ExportError("int8 quantization needs at least one calibration image (export.calibration_images)")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    exported = onnx.load(str(fp32_path))
+    input_name = exported.graph.input[0].name
+    # Found in the exported model: the pre-processing below drops the exporter's metadata where it
+    # rewrites the graph (HardSwish -> HardSigmoid, Mul). A bad module name fails here, first.
+    floats = float_nodes(exported, float_modules)
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         try:
@@ -134,10 +138,8 @@ def quantize_int8(
             with quiet_logging(""), contextlib.redirect_stdout(io.StringIO()):
                 # Shape inference + graph clean-up first, as ONNX Runtime recommends before quantizing.
                 quant_pre_process(str(fp32_path), str(pre))
-                # The pre-processing drops the exporter's metadata where it rewrites the graph
-                # (HardSwish -> HardSigmoid, Mul): float nodes are found in the exported model.
                 proto = onnx.load(str(pre))
-                excluded = carry_over(proto, float_nodes(onnx.load(str(fp32_path)), float_modules))
+                excluded = carry_over(proto, floats)
                 excluded += [n.name for n in proto.graph.node  # the final resize but its column MatMul
                              if n.name.startswith(FINAL_RESIZE) and not n.name.endswith("/cols_matmul")]
                 onnx.save(proto, str(pre))
