@@ -212,7 +212,7 @@ def _prepare_classifier(entry: dict[str, Any], modes: list[str], threads: int, w
     from omegaconf import OmegaConf
 
     from seg.config import BackboneConfig
-    from seg.fastpath import fold_batchnorm
+    from seg.export.latency import eager_call, ort_fp32_session
     from seg.flops import count_multiply_adds, count_parameters
     from seg.models.classifier import build_classifier
 
@@ -225,16 +225,10 @@ def _prepare_classifier(entry: dict[str, Any], modes: list[str], threads: int, w
     x = torch.randn(1, 3, size, size)
     calls: dict[str, Callable[[], Any]] = {}
     if "eager" in modes:
-        def eager() -> Any:
-            with torch.no_grad():
-                return model(x)
-
-        calls["eager"] = eager
+        calls["eager"] = eager_call(model, x)
     if "ort_fp32" in modes:
-        from seg.export.onnx import OnnxRunner, export_onnx
-
-        path = export_onnx(fold_batchnorm(model), workdir / f"{len(list(workdir.iterdir()))}.onnx", x)
-        runner, xn = OnnxRunner(path, threads, spinning=False), x.numpy()  # sessions take turns
+        _, runner = ort_fp32_session(model, x, workdir, threads)
+        xn = x.numpy()
         calls["ort_fp32"] = lambda: runner(xn)
     return row, calls
 

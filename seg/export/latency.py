@@ -177,6 +177,25 @@ def checkpoint_spec(path: str, index: int) -> Spec:
                 normalization=str(normalization), dataset=stored.dataset)
 
 
+def eager_call(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    """`model(x)` as PyTorch's default eager inference runs it (no autograd)."""
+
+    def call() -> Any:
+        with torch.no_grad():
+            return model(x)
+
+    return call
+
+
+def ort_fp32_session(model: nn.Module, x: torch.Tensor, workdir: Path, threads: int) -> tuple[Path, Any]:
+    """`model`, batch norm folded, exported to a new file in `workdir`, and an ONNX Runtime session
+    on it that does not spin-wait: the benchmarks' sessions take turns."""
+    from seg.export.onnx import OnnxRunner, export_onnx
+
+    path = export_onnx(fold_batchnorm(model), workdir / f"{len(list(workdir.iterdir()))}.onnx", x)
+    return path, OnnxRunner(path, threads, spinning=False)
+
+
 def _real_inputs(dataset_cfg: Any, split: str, count: int, size: int, normalization: str = "imagenet") -> list[np.ndarray]:
     """`count` images of a split resized to fill size x size (no padding: every pixel is image, so
     the agreement counts only real content), normalised, NCHW float."""
@@ -222,20 +241,14 @@ def _prepare_model(spec: Spec, cfg: Any, workdir: Path, images: Callable[[Spec, 
     calls: dict[str, Callable[[], Any]] = {}
     modes = list(lat.modes)
     if "eager" in modes:
-        def eager() -> Any:
-            with torch.no_grad():
-                return model(x)
-
-        calls["eager"] = eager
+        calls["eager"] = eager_call(model, x)
     if "fast" in modes:
         fast = fast_model(model)
         calls["fast"] = lambda: fast(x)
     if "ort_fp32" in modes or "ort_int8" in modes:
-        from seg.export.onnx import OnnxRunner, export_onnx
+        from seg.export.onnx import OnnxRunner
 
-        fp32_path = workdir / f"{len(list(workdir.iterdir()))}.onnx"
-        export_onnx(fold_batchnorm(model), fp32_path, x)
-        fp32 = OnnxRunner(fp32_path, cfg.benchmark.threads, spinning=False)  # sessions take turns
+        fp32_path, fp32 = ort_fp32_session(model, x, workdir, cfg.benchmark.threads)
         xn = x.numpy()
         if "ort_fp32" in modes:
             calls["ort_fp32"] = lambda: fp32(xn)
