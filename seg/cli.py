@@ -1,8 +1,70 @@
-"""Small command-line conveniences shared by the tools."""
+"""What every tool shares at the edge: the one place that turns a user's mistake into `error: ...`
+and exit status 1, and short override names.
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+    @one_line_errors
+    def main(cfg: DictConfig) -> None: ...
+"""
 
 from __future__ import annotations
 
+import errno
+import functools
+import logging
 import sys
+from typing import Any, Callable, NoReturn, TypeVar
+
+from seg.errors import SegError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# OSErrors that are the machine's state, not a bug: said in one line naming the file.
+_ENVIRONMENT_ERRNOS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+}
+
+
+def fail(message: str) -> NoReturn:
+    """Print `error: message` on stderr and exit 1."""
+    logging.getLogger("seg").debug("error: %s", message)
+    sys.stderr.flush()
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def environment_error(exc: OSError) -> str | None:
+    """One line for a permission / read-only / full-disk error naming its file; None for others."""
+    what = _ENVIRONMENT_ERRNOS.get(exc.errno or -1)
+    if what is None:
+        return None
+    where = exc.filename if exc.filename is not None else "(file not named by the system)"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{what} writing {where} (free some space; files written before are intact)"
+    return f"{where}: {what} (check its permissions, or choose another location)"
+
+
+def one_line_errors(main: F) -> F:
+    """Run a tool's main: SegError and environment OSErrors become `error: ...` and exit 1."""
+
+    @functools.wraps(main)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except SegError as exc:
+            if exc.details:
+                logging.getLogger("seg").debug("%s", exc.details)
+            fail(str(exc))
+        except OSError as exc:
+            message = environment_error(exc)
+            if message is None:
+                raise
+            fail(message)
+
+    return run  # type: ignore[return-value]
 
 
 def alias_overrides(aliases: dict[str, str], argv: list[str] | None = None) -> None:

@@ -345,6 +345,7 @@ class ExportConfig:
     check_images: int = 4  # val images the exported model is compared with PyTorch on
     eval_images: Optional[int] = 50  # val images for the fp32/int8 mIoU report (None: all)
     min_agreement: Optional[float] = None  # argmax agreement required (None: 0.999 fp32, 0.98 int8)
+    overwrite: bool = False  # replace an existing file at export.path (never the checkpoint itself)
 
 
 @dataclass
@@ -359,6 +360,7 @@ class PredictConfig:
     max_size: int = 2048  # longest side the model sees (larger images are scaled down, masks back up)
     threads: Optional[int] = None  # intra-op threads (None: the runtime's default)
     alpha: float = 0.5  # overlay opacity
+    overwrite: bool = False  # replace existing files in the output folder (inputs are never written)
 
 
 @dataclass
@@ -368,6 +370,7 @@ class ConvertConfig:
 
     source: Optional[str] = None  # frozen_inference_graph.pb, or a model.ckpt-NNNN prefix
     output: Optional[str] = None  # the checkpoint to write (default: model.pt beside the source)
+    overwrite: bool = False  # replace an existing file at `output`
 
 
 @dataclass

@@ -18,14 +18,15 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from seg.errors import SegError
 from seg.viz import overlay, save_palette_png
 
 
-class ImageReadError(ValueError):
+class ImageReadError(SegError, ValueError):
     """A file that cannot be read as an image."""
 
 
-class PredictError(ValueError):
+class PredictError(SegError, ValueError):
     """Predict cannot start: missing input, or not exactly one of checkpoint / model."""
 
 

@@ -21,21 +21,16 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from seg.benchmark import run_task
+from seg.cli import one_line_errors
 from seg.config import register_configs
-from seg.data import DatasetError
-from seg.engine.checkpoint import CheckpointError
-from seg.export.common import ExportError
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        result = run_task(cfg)
-    except (DatasetError, CheckpointError, ExportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    result = run_task(cfg)
     line = json.dumps(result)
     default = Path(HydraConfig.get().runtime.output_dir) / f"benchmark_{cfg.benchmark.task}.json"
     out = Path(cfg.benchmark.output or default)

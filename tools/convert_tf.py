@@ -13,34 +13,31 @@ tensor mapping, so tools/eval.py, export.py and predict.py take it like any othe
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from seg.cli import alias_overrides
+from seg.cli import alias_overrides, one_line_errors
 from seg.config import register_configs
 from seg.engine.checkpoint import save_checkpoint
+from seg.errors import ConfigError
+from seg.files import refuse_overwrite
 from seg.models.tf_weights import convert_deeplab
-from seg.models.weights import WeightsError
 
 register_configs()
 log = logging.getLogger("convert_tf")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     if not cfg.convert.source:
-        log.error("source=PATH is required: a frozen_inference_graph.pb or a model.ckpt-NNNN prefix")
-        sys.exit(1)
+        raise ConfigError("source=PATH is required: a frozen_inference_graph.pb or a model.ckpt-NNNN prefix")
     source = Path(cfg.convert.source)
     output = Path(cfg.convert.output) if cfg.convert.output else source.parent / "model.pt"
-    try:
-        state = convert_deeplab(source, cfg)
-    except WeightsError as exc:
-        log.error("%s", exc)
-        sys.exit(1)
+    refuse_overwrite(output, "output", cfg.convert.overwrite)
+    state = convert_deeplab(source, cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(output, state)
     log.info("converted %d tensors from %s (sha256 %s)", len(state["provenance"]["mapping"]), source,

@@ -12,31 +12,23 @@ events into the run directory (and, with eval.save_predictions=true, predictions
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from seg.cli import one_line_errors
 from seg.config import register_configs
-from seg.data import DatasetError
-from seg.engine.checkpoint import CheckpointError
 from seg.engine.evaluator import run_evaluation
 
 register_configs()
-log = logging.getLogger("eval")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     overrides = HydraConfig.get().overrides.task
     user_set_dataset = any(o.lstrip("+~").startswith("dataset") for o in overrides)
-    try:
-        run_evaluation(cfg, HydraConfig.get().runtime.output_dir, keep_dataset=user_set_dataset)
-    except (DatasetError, CheckpointError, ValueError) as exc:
-        log.error("%s", exc)
-        sys.exit(1)
+    run_evaluation(cfg, HydraConfig.get().runtime.output_dir, keep_dataset=user_set_dataset)
 
 
 if __name__ == "__main__":

@@ -14,31 +14,23 @@ overrides given on the command line.
 
 from __future__ import annotations
 
-import logging
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from seg.cli import one_line_errors
 from seg.config import register_configs
-from seg.data import DatasetError
-from seg.engine.checkpoint import CheckpointError
-from seg.export import ExportError, run_export
+from seg.export import run_export
 
 register_configs()
-log = logging.getLogger("export")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     overrides = HydraConfig.get().overrides.task
     user_set_dataset = any(o.lstrip("+~").startswith("dataset") for o in overrides)
-    try:
-        run_export(cfg, keep_dataset=user_set_dataset)
-    except (ExportError, DatasetError, CheckpointError) as exc:
-        log.error("%s", exc)
-        sys.exit(1)
+    run_export(cfg, keep_dataset=user_set_dataset)
 
 
 if __name__ == "__main__":

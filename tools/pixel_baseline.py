@@ -12,15 +12,15 @@ better up to the quantisation, so the gap to a trained segmenter's mIoU is what 
 from __future__ import annotations
 
 import json
-import sys
 
 import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from seg.cli import one_line_errors
 from seg.config import register_configs
-from seg.data import DatasetError, build_dataset
+from seg.data import build_dataset
 from seg.metrics import ConfusionMatrix
 
 register_configs()
@@ -57,12 +57,9 @@ def pixel_colour_baseline(dataset_cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        metrics = pixel_colour_baseline(cfg.dataset)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    metrics = pixel_colour_baseline(cfg.dataset)
     for name, iou in zip(cfg.dataset.class_names, metrics["per_class_iou"]):
         print(f"{name:<16}{'n/a' if np.isnan(iou) else f'{100 * iou:.2f}':>8}")
     print(f"per-pixel colour classifier: val mIoU {metrics['miou']:.4f}, pixel accuracy "

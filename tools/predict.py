@@ -11,29 +11,22 @@ on the fast path (batch norm folded, channels_last, inference mode) unless predi
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from seg.cli import alias_overrides
+from seg.cli import alias_overrides, one_line_errors
 from seg.config import register_configs
-from seg.engine.checkpoint import CheckpointError
-from seg.export import ExportError
-from seg.predict import PredictError, run_predict
+from seg.predict import run_predict
 
 register_configs()
-log = logging.getLogger("predict")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        counts = run_predict(cfg, log=print)
-    except (PredictError, ExportError, CheckpointError) as exc:
-        log.error("%s", exc)
-        sys.exit(1)
+    counts = run_predict(cfg, log=print)
     if counts["images"] == 0:
         sys.exit(1)
 

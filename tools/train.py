@@ -20,25 +20,21 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from seg.cli import one_line_errors
 from seg.config import register_configs
-from seg.data import DatasetError
-from seg.engine.checkpoint import CheckpointError
 from seg.engine.distributed import cleanup, init_distributed, is_main_process
-from seg.engine.trainer import TrainingError, train
-from seg.models.weights import WeightsError
+from seg.engine.trainer import train
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         metrics = train(cfg, run_dir)
         main_process = is_main_process()
-    except (DatasetError, CheckpointError, TrainingError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
     finally:
         cleanup()
     if main_process:

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from seg.data.classes import voc_palette
+from seg.errors import SegError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ README_HINT = "see data/README.md"
 Transform = Callable[[np.ndarray, np.ndarray], object]
 
 
-class DatasetError(Exception):
+class DatasetError(SegError):
     """A problem with the data on disk. Tools print it as one line, without a traceback."""
 
 

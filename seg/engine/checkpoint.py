@@ -12,12 +12,18 @@ import os
 import pickle
 import random
 import re
+import pickletools
 import tempfile
+import zipfile
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
+import yaml
+
+from seg.errors import SegError, UnsafeFileError
 
 PathLike = str | os.PathLike
 
@@ -27,7 +33,7 @@ _LEAF_TYPES = (torch.Tensor, torch.nn.Parameter, str, bytes, int, float, bool, t
 _CONTAINER_TYPES = (dict, collections.OrderedDict, list, tuple)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SegError, RuntimeError):
     """A checkpoint is missing or cannot be read."""
 
 
@@ -109,19 +115,24 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found (no such file): {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refuses pickled classes/functions ("globals"); anything else is damage.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found:
-            raise CheckpointError(
-                f"refusing to load checkpoint {path}: it contains a pickled {found.group(1)}, "
-                "so it was not written by save_checkpoint; re-save its tensors with "
-                "save_checkpoint from a trusted session, or use another checkpoint"
-            ) from e
-        raise _corrupt(path, e) from e
+        # weights_only refuses pickled classes and functions and the opcodes that would call them:
+        # a well-formed pickle that it refuses is unsafe, not damaged.
+        imports = _pickle_imports(path)
+        if imports is None:
+            raise _corrupt(path, e) from None
+        foreign = [name for name in imports if not name.startswith(_TORCH_GLOBALS)]
+        what = f"a pickled {foreign[0]}" if foreign else "pickled objects other than tensors and plain values"
+        raise UnsafeFileError(
+            f"refusing to load {path}: it holds {what}, which could run code when loaded; checkpoints "
+            "of this project hold only tensors and plain values. Use a checkpoint written by this project "
+            "(or re-save the tensors you trust with seg.engine.checkpoint.save_checkpoint)"
+        ) from None
     except Exception as e:  # torch reports damage as RuntimeError, EOFError, struct.error, ...
-        raise _corrupt(path, e) from e
+        raise _corrupt(path, e) from None
     if not isinstance(state, dict):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(state).__name__}, not a dict; it was not written by "
@@ -130,10 +141,39 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
     return state
 
 
+# Globals every torch.save file imports (tensor rebuilding, storages, ordered dicts).
+_TORCH_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.slice", "builtins.bytearray")
+
+
+def _pickle_imports(path: Path) -> Optional[list[str]]:
+    """The globals a checkpoint's pickle imports (module.name), or None when it is no well-formed
+    pickle (damage). Reads the opcodes only; nothing is unpickled."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if member is None:
+                    return None
+                data = archive.read(member)
+        else:
+            data = path.read_bytes()
+        names, strings = [], []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL" or opcode.name == "INST":
+                names.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+        return names
+    except Exception:  # truncated or not a pickle
+        return None
+
+
 def _corrupt(path: Path, e: Exception) -> CheckpointError:
     return CheckpointError(
         f"cannot load checkpoint {path}: file is truncated or corrupt ({type(e).__name__}); "
-        "delete it and resume from another checkpoint (e.g. best.pt) or retrain"
+        "resume from another checkpoint (e.g. best.pt) or retrain"
     )
 
 
@@ -181,20 +221,87 @@ def set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state(s.cpu(), device=i)
 
 
-def load_segmenter(path: PathLike, map_location: Any = "cpu") -> tuple[torch.nn.Module, Any]:
-    """Rebuild the segmenter a checkpoint was trained as, from the config stored inside it, and load
-    its weights. Returns the model (in eval mode) and the stored config (a DictConfig)."""
-    from omegaconf import OmegaConf
+# Keys with which Hydra's instantiate would call code; a stored config may hold `_target_` only where a
+# model part is named, and there only one of this package's builders (checked when building).
+_SPECIAL_KEY = re.compile(r"^_\w+_$")
+_NAMED_PARTS = {("model", "backbone", "_target_"), ("model", "head", "_target_")}
 
+
+def _refuse_code(node: Any, path: Path, where: tuple = ()) -> None:
+    """Refuse special keys outside `_NAMED_PARTS` and interpolations anywhere (data only)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = (*where, key)
+            if isinstance(key, str) and _SPECIAL_KEY.match(key) and here not in _NAMED_PARTS:
+                raise UnsafeFileError(
+                    f"refusing {path}: its stored config has {'.'.join(map(str, here))}, which would name code to "
+                    "call; a checkpoint's config holds only plain values (a file from outside, not one of ours?)"
+                )
+            _refuse_code(value, path, here)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_code(value, path, (*where, str(i)))
+    elif isinstance(node, str) and "${" in node:
+        raise UnsafeFileError(
+            f"refusing {path}: its stored config has an interpolation at {'.'.join(map(str, where))} ({node[:60]!r}); "
+            "checkpoints of ours store resolved values only"
+        )
+
+
+def stored_config(state: dict, path: PathLike) -> Any:
+    """The `model` and `dataset` sections of the config a checkpoint stores, read as data: YAML
+    parsed safely, no special key but the model parts' `_target_`, no interpolation, every key and
+    type checked against the schema (seg/config.py). Other sections are not read."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from seg.config import Config, HEAD_SCHEMAS
+
+    path = Path(path)
+    text = state.get("config")
+    if not isinstance(text, str):
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no stored config)")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"{path}: its stored config is not valid YAML ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise CheckpointError(f"{path} is not a checkpoint of this project (its stored config has no model section)")
+    _refuse_code(data, path)
+    head = data["model"].get("head")
+    target = head.get("_target_") if isinstance(head, dict) else None
+    schema = next((s for s in HEAD_SCHEMAS.values() if s._target_ == target), None)
+    if schema is None:
+        raise UnsafeFileError(
+            f"refusing {path}: its stored config names model.head._target_={target!r}, not one of this "
+            f"package's heads ({', '.join(s._target_ for s in HEAD_SCHEMAS.values())})"
+        )
+    try:
+        cfg = OmegaConf.structured(Config)
+        cfg.model.head = OmegaConf.structured(schema)
+        return OmegaConf.merge(cfg, {"model": data["model"], "dataset": data.get("dataset") or {}})
+    except OmegaConfBaseException as exc:
+        reason = str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"{path}: its stored config does not fit this version's schema ({reason}); was it written by "
+            "another version of this project?"
+        ) from None
+
+
+def load_segmenter(path: PathLike, map_location: Any = "cpu") -> tuple[torch.nn.Module, Any]:
+    """Rebuild the segmenter a checkpoint was trained as, from the config stored inside it (read as
+    data: see `stored_config`), and load its weights. Returns the model (in eval mode) and the stored
+    config (a DictConfig with `model` and `dataset`)."""
     from seg.models import build_segmenter
 
     state = load_checkpoint(path, map_location)
-    if "model" not in state or "config" not in state:
-        raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' / 'config' entries)")
-    stored = OmegaConf.create(state["config"])
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' weights)")
+    stored = stored_config(state, path)
     model = build_segmenter(stored.model)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the model in its own config ({exc})") from exc
+        first = str(exc).splitlines()[0:2]
+        raise CheckpointError(f"{path}: weights do not fit the model in its own config ({' '.join(first)})") from None
     return model.eval(), stored

@@ -37,6 +37,7 @@ from seg.data.transforms import build_eval_transform, build_train_transform, nor
 from seg.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seg.engine.distributed import barrier, convert_sync_batchnorm, init_distributed
 from seg.engine.evaluator import evaluate
+from seg.errors import SegError
 from seg.engine.sampling import SeededSamples, SeededTransform, TrainBatchSampler
 from seg.engine.schedule import build_scheduler
 from seg.models.segmenter import build_segmenter
@@ -45,7 +46,7 @@ from seg.viz import image_grid
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SegError, RuntimeError):
     """A run that cannot go on (bad setting, non-finite loss); tools print it as one line."""
 
 

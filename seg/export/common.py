@@ -16,9 +16,10 @@ from torch import nn
 
 from seg.data.classes import voc_palette
 from seg.data.transforms import pixel_mean_std
+from seg.errors import SegError
 
 
-class ExportError(RuntimeError):
+class ExportError(SegError, RuntimeError):
     """An export cannot be made, or the exported model does not match PyTorch."""
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
@@ -70,5 +69,7 @@ class Classifier(nn.Module):
 def build_classifier(backbone_cfg: DictConfig, num_classes: int = 1000) -> Classifier:
     """The classification form of the encoder a `model.backbone` config describes (output stride 32,
     as the classification networks are)."""
-    encoder = instantiate(backbone_cfg, output_stride=32, _convert_="all")
+    from seg.models.segmenter import build_backbone
+
+    encoder = build_backbone(backbone_cfg, output_stride=32)
     return Classifier(encoder, encoder.classification_top(num_classes))

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 from typing import Optional
 
+from typing import Any, Callable, Mapping
+
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from seg.errors import ConfigError, UnsafeFileError
+from seg.models.heads import AsppLiteHead, DeepLabV3Head, DeepLabV3PlusHead, LRASPPHead
+from seg.models.mnasnet import mnasnet_a1, mnasnet_b1
+from seg.models.mobilenet_v1 import mobilenet_v1
+from seg.models.mobilenet_v2 import mobilenet_v2
+from seg.models.mobilenet_v3 import mobilenet_v3_large, mobilenet_v3_small
+
+# The only callables a config may name (`_target_`): this package's own builders. A config is data
+# (a checkpoint's may come from anywhere), so nothing else is ever looked up or called.
+BACKBONE_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    f"{fn.__module__}.{fn.__name__}": fn
+    for fn in (mobilenet_v1, mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small, mnasnet_b1, mnasnet_a1)
+}
+HEAD_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    f"{cls.__module__}.{cls.__qualname__}": cls for cls in (AsppLiteHead, DeepLabV3Head, DeepLabV3PlusHead, LRASPPHead)
+}
 
 
 class Segmenter(nn.Module):
@@ -37,18 +55,40 @@ class Segmenter(nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
 
 
+def _builder_arguments(node: Any, key: str, builders: Mapping[str, Callable[..., nn.Module]]) -> tuple[Callable, dict]:
+    """The allowed builder a config node names and its keyword arguments (plain values only)."""
+    values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    target = values.pop("_target_", None)
+    if target not in builders:
+        raise UnsafeFileError(
+            f"{key}._target_={target!r} is not one of this package's builders ({', '.join(sorted(builders))})"
+        )
+    for name, value in values.items():
+        if isinstance(name, str) and name.startswith("_") and name.endswith("_"):
+            raise UnsafeFileError(f"{key}.{name}: special key refused (a model config holds only plain values)")
+        if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)):
+            raise UnsafeFileError(f"{key}.{name}: nested value refused (a model config holds only plain values)")
+    return builders[target], values
+
+
+def build_backbone(backbone_cfg: Any, output_stride: int) -> nn.Module:
+    """The encoder a `model.backbone` config describes, built by one of BACKBONE_BUILDERS."""
+    builder, kwargs = _builder_arguments(backbone_cfg, "model.backbone", BACKBONE_BUILDERS)
+    return builder(**kwargs, output_stride=output_stride)
+
+
 def build_segmenter(model_cfg: DictConfig) -> Segmenter:
-    """Build the segmenter a `model` config describes (backbone and head by their `_target_`)."""
+    """Build the segmenter a `model` config describes: backbone and head by their `_target_`, which
+    must name one of this package's builders (BACKBONE_BUILDERS, HEAD_BUILDERS)."""
     if model_cfg.output_stride not in (8, 16, 32):
-        raise ValueError(f"model.output_stride must be 8, 16 or 32, got {model_cfg.output_stride}")
-    backbone = instantiate(model_cfg.backbone, output_stride=model_cfg.output_stride, _convert_="all")
-    head = instantiate(
-        model_cfg.head,
+        raise ConfigError(f"model.output_stride must be 8, 16 or 32, got {model_cfg.output_stride}")
+    backbone = build_backbone(model_cfg.backbone, model_cfg.output_stride)
+    head_builder, head_kwargs = _builder_arguments(model_cfg.head, "model.head", HEAD_BUILDERS)
+    head = head_builder(
         in_channels=dict(backbone.channels),
         num_classes=model_cfg.num_classes,
         output_stride=model_cfg.output_stride,
         align_corners=model_cfg.align_corners,
-        _convert_="all",
+        **head_kwargs,
     )
     return Segmenter(backbone, head, model_cfg.output_stride, model_cfg.align_corners)
-

@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from seg.errors import SegError
+
 # torchvision's weight enums, for `backbone.pretrained=imagenet`.
 TORCHVISION_WEIGHTS = {
     "mobilenet_v2": "MobileNet_V2_Weights.IMAGENET1K_V1",
@@ -26,7 +28,7 @@ TORCHVISION_WEIGHTS = {
 }
 
 
-class WeightsError(RuntimeError):
+class WeightsError(SegError, RuntimeError):
     """A checkpoint that does not fit the model it is loaded into."""
 
 
