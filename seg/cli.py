@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import signal
 import sys
 from typing import Any, Callable, NoReturn, TypeVar
 
@@ -28,12 +29,11 @@ _ENVIRONMENT_ERRNOS = {
 }
 
 
-def fail(message: str) -> NoReturn:
-    """Print `error: message` on stderr and exit 1."""
-    logging.getLogger("seg").debug("error: %s", message)
-    sys.stderr.flush()
+def fail(message: str, exit_code: int = 1) -> NoReturn:
+    """Print `error: message` on stderr and exit with `exit_code`."""
+    sys.stdout.flush()
     print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    sys.exit(exit_code)
 
 
 def environment_error(exc: OSError) -> str | None:
@@ -57,7 +57,9 @@ def one_line_errors(main: F) -> F:
         except SegError as exc:
             if exc.details:
                 logging.getLogger("seg").debug("%s", exc.details)
-            fail(str(exc))
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 128 + signal.SIGINT)
         except OSError as exc:
             message = environment_error(exc)
             if message is None:

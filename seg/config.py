@@ -12,9 +12,10 @@ from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from seg.data.classes import VOC_CLASSES
+from seg.errors import ConfigError
 
 
 class ChannelRounding(str, Enum):
@@ -401,3 +402,106 @@ def register_configs() -> None:
     cs.store(name="config_schema", node=Config)
     for name, schema in HEAD_SCHEMAS.items():
         cs.store(group="head", name=f"{name}_schema", node=schema, package="model.head")
+
+
+# ---------------------------------------------------------------------------------------------
+# Values: ranges and consistency (the schema above checks keys and types; this, what they mean)
+# ---------------------------------------------------------------------------------------------
+
+# Heads with an image-pooling branch: batch norm over one pooled value per image, which training
+# cannot normalise with a single image per process.
+IMAGE_POOLING_HEADS = {schema._target_ for schema in (AsppLiteConfig, DeepLabV3Config, DeepLabV3PlusConfig)}
+
+
+def _value_problems(cfg: Any) -> list[str]:
+    """Every out-of-range or inconsistent value of a composed config, as `key=value: why`."""
+    problems: list[str] = []
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            problems.append(f"{key}={OmegaConf.select(cfg, key)} {why}")
+
+    def positive_or_none(key: str) -> None:
+        value = OmegaConf.select(cfg, key)
+        need(value is None or value > 0, key, "must be > 0 (or null)")
+
+    m, d, t, e = cfg.model, cfg.dataset, cfg.train, cfg.eval
+    need(m.output_stride in (8, 16, 32), "model.output_stride", "must be 8, 16 or 32")
+    need(m.num_classes > 0, "model.num_classes", "must be > 0")
+    need(OmegaConf.select(m, "head.dropout", default=0.0) is None
+         or 0.0 <= OmegaConf.select(m, "head.dropout", default=0.0) < 1.0, "model.head.dropout", "must be in [0, 1)")
+    need(d.num_workers >= 0, "dataset.num_workers", "must be >= 0")
+    need(t.max_iters > 0, "train.max_iters", "must be > 0")
+    need(t.batch_size > 0, "train.batch_size", "must be > 0")
+    need(t.crop_size > 0, "train.crop_size", "must be > 0")
+    need(t.lr > 0, "train.lr", "must be > 0")
+    need(t.momentum >= 0, "train.momentum", "must be >= 0")
+    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    need(t.poly_power >= 0, "train.poly_power", "must be >= 0")
+    need(0 <= t.warmup_iters < max(t.max_iters, 1), "train.warmup_iters", f"must be in [0, train.max_iters={t.max_iters})")
+    need(0 < t.warmup_factor <= 1, "train.warmup_factor", "must be in (0, 1]")
+    need(t.backbone_lr_mult >= 0, "train.backbone_lr_mult", "must be >= 0")
+    need(t.scale_min > 0, "train.scale_min", "must be > 0")
+    need(t.scale_min <= t.scale_max, "train.scale_min", f"must be <= train.scale_max={t.scale_max}")
+    need(t.scale_step >= 0, "train.scale_step", "must be >= 0")
+    need(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+    need(t.aux_loss_weight >= 0, "train.aux_loss_weight", "must be >= 0")
+    for key in ("eval_every", "checkpoint_every", "vis_images"):
+        need(t[key] >= 0, f"train.{key}", "must be >= 0")
+    need(t.log_every > 0, "train.log_every", "must be > 0")
+    positive_or_none("train.eval_max_images")
+    if t.class_weights is not None:
+        need(len(t.class_weights) == m.num_classes, "train.class_weights",
+             f"has {len(t.class_weights)} values for {m.num_classes} classes (model.num_classes)")
+        need(all(w >= 0 for w in t.class_weights), "train.class_weights", "must all be >= 0")
+    need(len(e.scales) > 0 and all(s > 0 for s in e.scales), "eval.scales", "must be a non-empty list of values > 0")
+    need(e.output_stride is None or e.output_stride in (8, 16, 32), "eval.output_stride", "must be 8, 16 or 32 (or null)")
+    positive_or_none("eval.max_images")
+    positive_or_none("eval.pad_to")
+    x = cfg.export
+    need(x.input_size >= 32, "export.input_size", "must be >= 32")
+    need(x.check_images >= 1, "export.check_images", "must be >= 1: every export is checked")
+    need(x.calibration_images >= 1, "export.calibration_images", "must be >= 1")
+    positive_or_none("export.eval_images")
+    need(x.min_agreement is None or 0 <= x.min_agreement <= 1, "export.min_agreement", "must be in [0, 1] (or null)")
+    p = cfg.predict
+    need(p.max_size > 0, "predict.max_size", "must be > 0")
+    need(0 <= p.alpha <= 1, "predict.alpha", "must be in [0, 1]")
+    positive_or_none("predict.threads")
+    b = cfg.benchmark
+    need(b.threads > 0, "benchmark.threads", "must be > 0")
+    need(b.warmup >= 0, "benchmark.warmup", "must be >= 0")
+    need(b.runs > 0, "benchmark.runs", "must be > 0")
+    need(cfg.flops.input_size > 0, "flops.input_size", "must be > 0")
+    return problems
+
+
+def check_config(cfg: Any) -> None:
+    """Raise ConfigError listing every value out of range (each as `key=value must ...`)."""
+    problems = _value_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def check_train_config(cfg: Any, world_size: int) -> None:
+    """`check_config` plus what training needs of the run: the batch split between processes, the
+    model's classes against the dataset's, and image pooling at one image per process."""
+    problems = _value_problems(cfg)
+    t, m = cfg.train, cfg.model
+    if t.batch_size > 0 and t.batch_size % world_size:
+        problems.append(f"train.batch_size={t.batch_size} must divide evenly between {world_size} processes")
+    if m.num_classes != cfg.dataset.num_classes:
+        problems.append(
+            f"model.num_classes={m.num_classes} differs from dataset.num_classes={cfg.dataset.num_classes} "
+            "(the labels the dataset holds): leave model.num_classes unset, it follows the dataset"
+        )
+    per_process = t.batch_size // max(world_size, 1)
+    if per_process == 1 and OmegaConf.select(m, "head._target_") in IMAGE_POOLING_HEADS and not t.freeze_bn:
+        problems.append(
+            f"train.batch_size={t.batch_size} gives {'each process' if world_size > 1 else 'the model'} one image a "
+            "step, but the head's image-pooling branch normalises over the batch (one value per channel): use "
+            "train.batch_size >= 2 per process, or train.freeze_bn=true (batch norm statistics frozen, as DeepLab "
+            "fine-tunes at small batch), or head=lraspp"
+        )
+    if problems:
+        raise ConfigError("; ".join(problems))

@@ -16,6 +16,8 @@ _WORKER_WRAPPED = re.compile(r"^Caught (\w+) (in DataLoader worker process \d+)\
 class SegError(Exception):
     """A problem the user can fix; its message names the file or config key and what to do."""
 
+    exit_code = 1  # the tools' exit status for it
+
     def __init__(self, message: str = "") -> None:
         # An error raised in a DataLoader worker arrives with the worker's traceback as its message:
         # keep the original one line (and say where it happened); the traceback stays in `details`.

@@ -67,9 +67,10 @@ def remove_stale_temporaries(folder: PathLike, pattern: str = ".*.tmp") -> list[
 class RunLock:
     """An exclusive lock on a run directory, held for the life of the process that took it.
 
-    The lock is `flock` on `<dir>/.lock` (released by the kernel when the process dies, so a killed
-    run never leaves a stale lock); the file holds the holder's pid, host and command line, which a
-    refused second process prints.
+    The lock is a POSIX record lock on `<dir>/.lock`: released by the kernel when the process dies
+    (a killed run never leaves a stale lock) and, unlike `flock`, not inherited by forked children
+    such as DataLoader workers, which may outlive a killed parent for a moment. The file holds the
+    holder's pid, host and command line, which a refused second process prints.
     """
 
     NAME = ".lock"
@@ -84,7 +85,7 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
@@ -114,7 +115,7 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
+            os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None
 
     def __enter__(self) -> "RunLock":

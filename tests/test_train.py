@@ -22,6 +22,7 @@ from seg.engine import trainer
 from seg.engine.checkpoint import CheckpointError, load_checkpoint, load_segmenter
 from seg.engine.sampling import SeededTransform, TrainBatchSampler
 from seg.engine.trainer import TrainingError, train
+from seg.errors import ConfigError
 
 register_configs()
 
@@ -247,7 +248,7 @@ def test_missing_dataset_fails_before_any_model_is_built(synth_root, tmp_path, m
 
 def test_bad_settings_are_one_clear_error(synth_root, tmp_path):
     cfg = make_cfg(tiny(synth_root, "train.warmup_iters=10", "train.class_weights=[1.0,2.0]"))
-    with pytest.raises(TrainingError, match="train.warmup_iters=10 .*train.class_weights has 2 values for 21"):
+    with pytest.raises(ConfigError, match=r"train.warmup_iters=10 .*train.class_weights=\[1.0, 2.0\] has 2 values for 21"):
         train(cfg, tmp_path / "run")
 
 

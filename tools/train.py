@@ -61,4 +61,9 @@ def _same_run_dir_on_every_rank() -> None:
 
 if __name__ == "__main__":
     _same_run_dir_on_every_rank()
+    if not any(a.startswith("hydra.output_subdir=") for a in sys.argv[1:]):
+        # Hydra would write .hydra/ into the run directory before main() runs, i.e. before the
+        # trainer locks it (a second run into a directory in use must not touch its files); the
+        # trainer writes the config itself once the directory is its own.
+        sys.argv.append("hydra.output_subdir=null")
     main()

@@ -8,6 +8,8 @@ price is that everything saved must be a tensor, a number, a string, None or a c
 from __future__ import annotations
 
 import collections
+import errno
+import io
 import os
 import pickle
 import random
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 import yaml
 
-from seg.errors import SegError, UnsafeFileError
+from seg.errors import DiskFullError, SegError, UnsafeFileError
 
 PathLike = str | os.PathLike
 
@@ -60,27 +62,42 @@ def _check_plain(obj: Any, where: str = "state") -> None:
 def save_checkpoint(path: PathLike, state: dict) -> None:
     """Write ``state`` to ``path`` atomically: temp file in the same dir, fsync, ``os.replace``.
 
-    A crash or error mid-write leaves any previous file at ``path`` untouched.
+    A crash or error mid-write leaves any previous file at ``path`` untouched; a full disk raises
+    DiskFullError naming the file.
     """
     _check_plain(state)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory so os.replace is a rename within one filesystem (atomic on POSIX).
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Serialised in memory first: torch's zip writer reports a failed file write as an opaque
+    # RuntimeError, while a plain write of the bytes says ENOSPC (checkpoints here are megabytes).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getbuffer()
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Same directory so os.replace is a rename within one filesystem (atomic on POSIX).
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         # mkstemp creates the file 0600; give it the permissions a plain open() would.
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        tmp = None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                f"no space left on device writing {path} ({len(data) / 2**20:.1f} MB); any previous {path.name} is "
+                "intact: free some space and run again (a training run continues with train.resume=auto)"
+            ) from None
         raise
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
     _fsync_dir(path.parent)
 
 
@@ -249,9 +266,10 @@ def _refuse_code(node: Any, path: Path, where: tuple = ()) -> None:
 
 
 def stored_config(state: dict, path: PathLike) -> Any:
-    """The `model` and `dataset` sections of the config a checkpoint stores, read as data: YAML
-    parsed safely, no special key but the model parts' `_target_`, no interpolation, every key and
-    type checked against the schema (seg/config.py). Other sections are not read."""
+    """The config a checkpoint stores, read as data: YAML parsed safely, no special key but the
+    model parts' `_target_`, no interpolation anywhere; the `model` and `dataset` sections (the ones
+    the tools rebuild from) are checked key by key and type by type against the schema
+    (seg/config.py); the other sections are kept as the plain values they are, for information."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -279,7 +297,8 @@ def stored_config(state: dict, path: PathLike) -> Any:
     try:
         cfg = OmegaConf.structured(Config)
         cfg.model.head = OmegaConf.structured(schema)
-        return OmegaConf.merge(cfg, {"model": data["model"], "dataset": data.get("dataset") or {}})
+        checked = OmegaConf.merge(cfg, {"model": data["model"], "dataset": data.get("dataset") or {}})
+        return OmegaConf.create({**data, "model": checked.model, "dataset": checked.dataset})
     except OmegaConfBaseException as exc:
         reason = str(exc).splitlines()[0]
         raise CheckpointError(

@@ -1,11 +1,15 @@
-"""The training loop behind `tools/train.py`.
+"""The training loop behind `tools/train.py`, as a short list of named steps:
 
-One function, `train(cfg, run_dir)`, in the order things happen: devices and seeds, data, model,
-optimizer, resume, then the loop (forward, loss, backward, step; log, evaluate, checkpoint). Under
-torchrun every rank runs it; rank 0 alone logs and writes files.
+    run = set_up(cfg, run_dir)        devices and seeds, the run directory (locked), data, model, optimizer
+    restore(run)                      resume: everything that decides what comes next (or init_from weights)
+    while not done: train_step(run, batch); evaluate_and_log(run); save(run)
+    finish(run)                       the final evaluation and metrics.json
 
-The run directory gets `train.log` (Hydra's job log), TensorBoard events, `checkpoints/last.pt` and
-`best.pt`, and `metrics.json`.
+Under torchrun every rank runs them; rank 0 alone logs and writes files. SIGINT / SIGTERM finish
+the current step, write `checkpoints/last.pt` and stop with the command that resumes.
+
+The run directory gets `.hydra/config.yaml` (the resolved config), `train.log` (Hydra's job log),
+TensorBoard events, `checkpoints/last.pt` and `best.pt`, and `metrics.json`.
 """
 
 from __future__ import annotations
@@ -15,32 +19,46 @@ import logging
 import math
 import os
 import random
+import shlex
+import signal
+import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from seg.config import check_train_config
 from seg.data import build_dataset
 from seg.data.transforms import build_eval_transform, build_train_transform, normalize
-from seg.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from seg.engine.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    stored_config,
+)
 from seg.engine.distributed import barrier, convert_sync_batchnorm, init_distributed
 from seg.engine.evaluator import evaluate
-from seg.errors import SegError
+from seg.engine.loss import SegmentationLoss
 from seg.engine.sampling import SeededSamples, SeededTransform, TrainBatchSampler
 from seg.engine.schedule import build_scheduler
-from seg.models.segmenter import build_segmenter
+from seg.errors import SegError
+from seg.files import FileClashError, RunLock, remove_stale_temporaries
+from seg.models.segmenter import Segmenter, TrainNet, build_segmenter
 from seg.viz import image_grid
 
 log = logging.getLogger(__name__)
@@ -50,9 +68,74 @@ class TrainingError(SegError, RuntimeError):
     """A run that cannot go on (bad setting, non-finite loss); tools print it as one line."""
 
 
+class Interrupted(SegError):
+    """SIGINT / SIGTERM: the run stopped after a step, saved, and says how to resume."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention for "killed by this signal"
+
+
 # ---------------------------------------------------------------------------------------------
-# Setup helpers
+# The run and its set-up
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What a training run holds between its steps."""
+
+    cfg: DictConfig
+    run_dir: Path
+    rank: int
+    world_size: int
+    device: torch.device
+    train_set: Dataset
+    val_set: Dataset
+    model: Segmenter  # what is evaluated and saved
+    net: TrainNet  # the segmenter plus the auxiliary head: what the optimizer updates
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    loss: SegmentationLoss
+    autocast: Any
+    memory_format: torch.memory_format
+    resume_path: Optional[Path] = None
+    init_path: Optional[Path] = None
+    lock: Optional[RunLock] = None
+    writer: Optional[SummaryWriter] = None
+    train_net: Optional[nn.Module] = None  # `net` under DDP / torch.compile: what a step calls
+    sampler: Optional[TrainBatchSampler] = None
+    iteration: int = 0
+    best_miou: float = -1.0
+    best_iteration: int = 0
+    wall_before: float = 0.0  # training time of the runs this one resumes
+    last_metrics: Optional[dict] = None
+    last_eval_iteration: int = -1
+    rng_states: Optional[list] = None
+    sampler_start: tuple[int, int] = (0, 0)  # (epoch, batch) the data order starts from
+    stop_signal: int = 0  # set by SIGINT / SIGTERM: stop after the current step
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def wall_time(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def _seed_everything(seed: int) -> None:
@@ -61,11 +144,16 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _seed_worker(worker_id: int) -> None:
+def _init_worker(worker_id: int) -> None:
     # torch gives each worker its own seed; numpy and random would otherwise be copies of the parent's.
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    # Ctrl-C (and a scheduler's SIGTERM) reach every process of the group: the main process alone
+    # decides how to stop (finish the step, save), then shuts the workers down; workers also end
+    # by themselves when the main process is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _set_determinism(deterministic: bool) -> None:
@@ -78,11 +166,12 @@ def _set_determinism(deterministic: bool) -> None:
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not deterministic
 
 
-def _device(cfg: DictConfig, local_rank: int) -> torch.device:
-    if cfg.train.device != "auto":
-        return torch.device(cfg.train.device)
+def _device(device: str, local_rank: int) -> torch.device:
+    if device != "auto":
+        return torch.device(device)
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -100,21 +189,6 @@ def _checkpoint_path(value: Optional[str], key: str) -> Optional[Path]:
     return path
 
 
-def _check_settings(cfg: DictConfig, world_size: int) -> None:
-    t = cfg.train
-    problems = []
-    if t.max_iters <= 0:
-        problems.append(f"train.max_iters={t.max_iters} must be > 0")
-    elif not 0 <= t.warmup_iters < t.max_iters:
-        problems.append(f"train.warmup_iters={t.warmup_iters} must be in [0, train.max_iters={t.max_iters})")
-    if t.batch_size <= 0 or t.batch_size % world_size:
-        problems.append(f"train.batch_size={t.batch_size} must divide evenly between {world_size} processes")
-    if t.class_weights is not None and len(t.class_weights) != cfg.model.num_classes:
-        problems.append(f"train.class_weights has {len(t.class_weights)} values for {cfg.model.num_classes} classes")
-    if problems:
-        raise TrainingError("; ".join(problems))
-
-
 def _resume_path(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
     if cfg.train.resume != "auto":
         return _checkpoint_path(cfg.train.resume, "train.resume")
@@ -125,48 +199,179 @@ def _resume_path(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
     return path
 
 
-class AuxHead(nn.Module):
-    """Auxiliary classifier on the backbone's stride-8 features (training only, off by default)."""
+def _claim_run_dir(run_dir: Path, resuming: bool) -> RunLock:
+    """Lock the run directory for this process, refuse one that holds another run's results (unless
+    resuming it), and remove the temporaries of a checkpoint write that was killed half way."""
+    lock = RunLock(run_dir).acquire()
+    try:
+        if not resuming:
+            found = [p for p in (run_dir / "checkpoints" / "last.pt", run_dir / "metrics.json") if p.exists()]
+            if found:
+                raise FileClashError(
+                    f"run directory {run_dir} already holds a run ({found[0].name}): continue it with "
+                    "train.resume=auto, or choose another hydra.run.dir"
+                )
+        for tmp in remove_stale_temporaries(run_dir / "checkpoints", ".*.tmp"):
+            log.info("removed %s, left by a checkpoint write that was interrupted", tmp)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 128) -> None:
-        super().__init__()
-        self.block = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-            nn.Conv2d(channels, num_classes, 1),
-        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
+def _save_config(cfg: DictConfig, run_dir: Path) -> None:
+    """The resolved config (and, under Hydra, the command-line overrides) in `.hydra/`."""
+    out = run_dir / ".hydra"
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under Hydra (the Python API, tests)
+        return
+    _write_text(out / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
-class TrainNet(nn.Module):
-    """The segmenter plus the optional auxiliary head; returns `(logits, aux_logits or None)`.
+def _write_text(path: Path, text: str) -> None:
+    """Atomically (temporary file, then rename): a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
-    One module so that DDP synchronises the gradients of both. The auxiliary head reads the
-    backbone's output through a forward hook, leaving the segmenter's own forward untouched.
-    """
 
-    def __init__(self, model: nn.Module, aux: Optional[nn.Module]) -> None:
-        super().__init__()
-        self.model, self.aux = model, aux
-        self._features: Optional[torch.Tensor] = None
-        if aux is not None:
-            model.backbone.register_forward_hook(self._keep_features)
+def _param_groups(net: TrainNet, train_cfg: DictConfig) -> list[dict]:
+    """Backbone at `lr * backbone_lr_mult`, the rest at `lr`; weight decay on conv/linear weights
+    only, as DeepLab (slim regularises kernels, not batch-norm parameters or biases)."""
+    t = train_cfg
+    backbone = {id(p) for p in net.model.backbone.parameters()}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in net.parameters():
+        if p.requires_grad:
+            groups.setdefault((id(p) in backbone, p.ndim > 1), []).append(p)
+    out = []
+    for (is_backbone, decay), params in sorted(groups.items()):
+        out.append({"params": params, "lr": t.lr * (t.backbone_lr_mult if is_backbone else 1.0),
+                    "weight_decay": t.weight_decay if decay else 0.0})
+    return out
 
-    def _keep_features(self, _module: nn.Module, _inputs: Any, outputs: dict) -> None:
-        self._features = outputs["mid_level"]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        logits = self.model(x)
-        if self.aux is None:
-            return logits, None
-        aux = self.aux(self._features)
-        self._features = None
-        return logits, F.interpolate(aux, size=x.shape[-2:], mode="bilinear", align_corners=False)
+def _train_mode(net: nn.Module, freeze_bn: bool) -> None:
+    net.train()
+    if freeze_bn:
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
+
+def build_training(model_cfg: DictConfig, train_cfg: DictConfig, device: torch.device, ignore_index: int,
+                   world_size: int = 1) -> tuple[Segmenter, TrainNet, torch.optim.Optimizer, Any, Any, SegmentationLoss]:
+    """The model, its training wrapper, the optimizer, the poly schedule, the AMP scaler and the
+    loss, as `train` and the training benchmark use them. The model is on `device`."""
+    t = train_cfg
+    model = build_segmenter(model_cfg)
+    net = TrainNet.build(model, t.aux_loss_weight, int(model_cfg.num_classes))
+    if t.sync_bn and world_size > 1 and not t.freeze_bn and device.type != "cpu":
+        net = convert_sync_batchnorm(net)
+        model = net.model
+    cuda = device.type == "cuda"
+    memory_format = torch.channels_last if (t.channels_last and cuda) else torch.contiguous_format
+    net.to(device).to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(_param_groups(net, t), lr=t.lr, momentum=t.momentum)
+    scheduler = build_scheduler(optimizer, t.max_iters, t.poly_power, t.warmup_iters, t.warmup_factor)
+    scaler = torch.amp.GradScaler("cuda", enabled=bool(t.amp) and cuda and _amp_dtype(t) == torch.float16)
+    loss = SegmentationLoss(ignore_index, t.class_weights, t.label_smoothing, t.aux_loss_weight, device)
+    return model, net, optimizer, scheduler, scaler, loss
+
+
+def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
+    """Everything a run needs before its first step: processes and devices, the run directory
+    (locked), checked settings, data (before the model: a missing dataset fails first), the model,
+    optimizer, schedule and loss. Writes the resolved config into the run directory."""
+    t = cfg.train
+    run_dir = Path(run_dir)
+    rank, world_size, local_rank = init_distributed()
+    main = rank == 0
+    if not main:
+        logging.getLogger().setLevel(logging.WARNING)  # one voice: rank 0's
+    check_train_config(cfg, world_size)
+    device = _device(t.device, local_rank)
+    _set_determinism(t.deterministic)
+
+    # Files first: a missing checkpoint, or a run directory in use, fails before anything heavy.
+    resume_path = _resume_path(cfg, run_dir)
+    init_path = None if resume_path else _checkpoint_path(t.init_from, "train.init_from")
+    lock = _claim_run_dir(run_dir, resuming=resume_path is not None) if main else None
+    try:
+        if main:
+            _save_config(cfg, run_dir)
+            log.info("run directory: %s (device %s, %d process%s)", run_dir, device, world_size,
+                     "es" if world_size > 1 else "")
+        transform = SeededTransform(build_train_transform(
+            t.crop_size, t.scale_min, t.scale_max, t.scale_step, t.flip, cfg.dataset.ignore_index, jitter=t.jitter))
+        train_set = build_dataset(cfg.dataset, "train", transform)
+        val_set = build_dataset(cfg.dataset, "val", build_eval_transform())
+        if main:
+            log.info("data: %s, %d train / %d val images, %d classes",
+                     getattr(cfg.dataset.name, "value", cfg.dataset.name), len(train_set), len(val_set),
+                     int(cfg.model.num_classes))
+        if t.sync_bn and world_size > 1 and not t.freeze_bn and device.type == "cpu" and main:
+            log.warning("train.sync_bn: not available on CPU; each process normalises its own share of the batch")
+
+        # The same initial weights on every rank (seeded); per-rank seeds (dropout) come later.
+        _seed_everything(t.seed)
+        model, net, optimizer, scheduler, scaler, loss = build_training(
+            cfg.model, t, device, int(cfg.dataset.ignore_index), world_size)
+        if main:
+            log.info("model: %s + %s, output stride %d, %.2fM parameters",
+                     cfg.model.backbone._target_.rsplit(".", 1)[-1], cfg.model.head._target_.rsplit(".", 1)[-1],
+                     cfg.model.output_stride, sum(p.numel() for p in model.parameters()) / 1e6)
+        use_amp = bool(t.amp) and device.type == "cuda"
+        memory_format = torch.channels_last if (t.channels_last and device.type == "cuda") else torch.contiguous_format
+        run = Run(cfg=cfg, run_dir=run_dir, rank=rank, world_size=world_size, device=device,
+                  train_set=train_set, val_set=val_set, model=model, net=net, optimizer=optimizer,
+                  scheduler=scheduler, scaler=scaler, loss=loss,
+                  autocast=torch.autocast(device_type=device.type, dtype=_amp_dtype(t), enabled=use_amp),
+                  memory_format=memory_format, resume_path=resume_path, init_path=init_path, lock=lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Restore: resume a run, or start from another run's weights
+# ---------------------------------------------------------------------------------------------
 
 # Model settings that change what the weights compute without changing their shapes.
 _NUMERICS = ("normalization", "align_corners", "backbone.tf_same_padding", "backbone.bn_eps")
+# Model settings that only say where the first weights came from.
+_START_ONLY = ("backbone.pretrained", "backbone.weights")
+
+
+def _plain(cfg: Any, key: str) -> Any:
+    v = OmegaConf.select(cfg, key, default=None)
+    v = getattr(v, "value", v)  # enums as their names
+    return OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+
+
+def _model_differences(stored: DictConfig, current: DictConfig) -> list[str]:
+    """`key: stored -> current` for every model setting (but where the weights came from) that differs."""
+    keys: set[str] = set()
+
+    def walk(node: Any, prefix: str) -> None:
+        for k in node:
+            value = node[k]
+            if OmegaConf.is_dict(value):
+                walk(value, f"{prefix}{k}.")
+            else:
+                keys.add(f"{prefix}{k}")
+
+    walk(stored, "")
+    walk(current, "")
+    return [f"model.{k}: {_plain(stored, k)!r} -> {_plain(current, k)!r}" for k in sorted(keys)
+            if k not in _START_ONLY and _plain(stored, k) != _plain(current, k)]
 
 
 def _load_init(model: nn.Module, path: Path, model_cfg: DictConfig) -> None:
@@ -175,18 +380,13 @@ def _load_init(model: nn.Module, path: Path, model_cfg: DictConfig) -> None:
     state = load_checkpoint(path)
     weights = state["model"] if isinstance(state.get("model"), dict) else state
     if isinstance(state.get("config"), str):
-        stored = OmegaConf.create(state["config"]).get("model", {})
-
-        def value(cfg: Any, key: str) -> Any:
-            v = OmegaConf.select(cfg, key, default=None)
-            return getattr(v, "value", v)  # enums as their names
-
-        differ = [k for k in _NUMERICS if value(stored, k) is not None and value(stored, k) != value(model_cfg, k)]
+        stored = stored_config(state, path).model
+        differ = [k for k in _NUMERICS if _plain(stored, k) is not None and _plain(stored, k) != _plain(model_cfg, k)]
         if differ:
             # e.g. a converted TF DeepLab checkpoint (x/127.5 - 1, SAME padding) into a default model
             log.warning("train.init_from: %s was trained with other %s: set %s as it has them, or expect a "
                         "rough start", path, ", ".join(differ),
-                        " ".join(f"model.{k}={value(stored, k)}" for k in differ))
+                        " ".join(f"model.{k}={_plain(stored, k)}" for k in differ))
     own = model.state_dict()
     dropped, mismatched = [], []
     for key, value in weights.items():
@@ -209,40 +409,168 @@ def _load_init(model: nn.Module, path: Path, model_cfg: DictConfig) -> None:
         log.info("train.init_from: loaded all model weights from %s", path)
 
 
-def _param_groups(net: TrainNet, cfg: DictConfig) -> list[dict]:
-    """Backbone at `lr * backbone_lr_mult`, the rest at `lr`; weight decay on conv/linear weights
-    only, as DeepLab (slim regularises kernels, not batch-norm parameters or biases)."""
-    t = cfg.train
-    backbone = {id(p) for p in net.model.backbone.parameters()}
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for p in net.parameters():
-        if p.requires_grad:
-            groups.setdefault((id(p) in backbone, p.ndim > 1), []).append(p)
-    out = []
-    for (is_backbone, decay), params in sorted(groups.items()):
-        out.append({"params": params, "lr": t.lr * (t.backbone_lr_mult if is_backbone else 1.0),
-                    "weight_decay": t.weight_decay if decay else 0.0})
-    return out
+def _load_resume(run: Run, path: Path) -> None:
+    """Everything that decides what comes next: weights, optimizer, schedule, scaler, iteration,
+    data position, best result, RNG states. The checkpoint must be of this model and within
+    `train.max_iters`."""
+    state = load_checkpoint(path)
+    if not isinstance(state.get("model"), dict) or "iteration" not in state or "optimizer" not in state:
+        raise CheckpointError(
+            f"train.resume: {path} holds no training state (model, optimizer, iteration): is it a converted or "
+            "exported model? Start from its weights with train.init_from instead"
+        )
+    differences = _model_differences(stored_config(state, path).model, run.cfg.model)
+    if differences:
+        raise CheckpointError(
+            f"train.resume: {path} was trained as another model ({'; '.join(differences[:4])}"
+            f"{f'; and {len(differences) - 4} more' if len(differences) > 4 else ''}): resume with its model "
+            "settings, or start a new run from its weights with train.init_from"
+        )
+    iteration = int(state["iteration"])
+    if iteration > run.cfg.train.max_iters:
+        raise CheckpointError(
+            f"train.resume: {path} is at iteration {iteration}, past train.max_iters={run.cfg.train.max_iters}: "
+            f"set train.max_iters >= {iteration} to continue it"
+        )
+    run.model.load_state_dict(state["model"])
+    if run.net.aux is not None and state.get("aux_head") is not None:
+        run.net.aux.load_state_dict(state["aux_head"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.iteration = iteration
+    data = state["data"]
+    run.sampler_start = (int(data["epoch"]), int(data["batch"]))
+    metrics = state.get("metrics", {})
+    run.best_miou = float(metrics.get("best_miou", -1.0))
+    run.best_iteration = int(metrics.get("best_iteration", 0))
+    run.wall_before = float(metrics.get("wall_time_s", 0.0))
+    run.rng_states = state["rng"]
+    if run.main:
+        log.info("resumed from %s at iteration %d", path, iteration)
 
 
-def _loss_terms(logits: torch.Tensor, target: torch.Tensor, weight: Optional[torch.Tensor], ignore_index: int,
-                label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy and its normaliser (the number, or total class weight, of labelled
-    pixels). Kept apart so the normaliser can be summed over ranks: the loss is then the mean over
-    the global batch, the same whether one process or several compute it."""
-    loss = F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index, reduction="sum",
-                           label_smoothing=label_smoothing)
-    valid = target != ignore_index
-    norm = weight[target[valid]].sum() if weight is not None else valid.sum().float()
-    return loss, norm
+def restore(run: Run) -> None:
+    """Resume (`train.resume`) or take another run's weights (`train.init_from`), then wrap the
+    model for DDP / torch.compile and seed each rank's random streams."""
+    if run.resume_path is not None:
+        _load_resume(run, run.resume_path)
+    elif run.init_path is not None:
+        _load_init(run.model, run.init_path, run.cfg.model)
+    t = run.cfg.train
+    run.train_net = run.net
+    if run.world_size > 1:
+        run.train_net = DistributedDataParallel(run.net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    if t.compile:
+        run.train_net = torch.compile(run.train_net)
+    # Per-rank random streams (dropout), restored on resume so the run continues bit for bit.
+    _seed_everything(t.seed + run.rank)
+    if run.rng_states is not None:
+        if len(run.rng_states) == run.world_size:
+            set_rng_state(run.rng_states[run.rank])
+        elif run.main:
+            log.warning("checkpoint has RNG states of %d processes, this run %d: reseeded", len(run.rng_states),
+                        run.world_size)
+    if run.main:
+        run.writer = SummaryWriter(str(run.run_dir), purge_step=run.iteration if run.iteration else None)
 
 
-def _train_mode(net: nn.Module, freeze_bn: bool) -> None:
-    net.train()
-    if freeze_bn:
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
+def batches(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless training batches from the data position the run is at."""
+    t = run.cfg.train
+    try:
+        run.sampler = TrainBatchSampler(len(run.train_set), t.batch_size, t.seed, run.rank, run.world_size,
+                                        *run.sampler_start)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+    workers = int(run.cfg.dataset.num_workers)
+    loader = DataLoader(
+        SeededSamples(run.train_set, run.train_set.transform), batch_sampler=run.sampler, num_workers=workers,
+        pin_memory=run.device.type == "cuda", persistent_workers=workers > 0, worker_init_fn=_init_worker,
+        # Its own generator, so starting the loader never draws from the global RNG (exact resume).
+        generator=torch.Generator().manual_seed(t.seed + run.rank),
+    )
+    return iter(loader)
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps of the loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor) -> float:
+    """One SGD step on a batch (uint8 images [N,3,H,W], int64 masks [N,H,W]); returns the loss
+    (the mean over the global batch). A stop signal on any rank is shared with all of them here."""
+    images = images.to(run.device, non_blocking=True)
+    masks = masks.to(run.device, non_blocking=True).long()
+    x = normalize(images, run.cfg.model.normalization).contiguous(memory_format=run.memory_format)
+    with run.autocast:
+        logits, aux_logits = run.train_net(x)
+    loss_sum, norm = run.loss(logits, aux_logits, masks)
+    stats = torch.stack([loss_sum.detach().double(), norm.detach().double(),
+                         torch.tensor(float(run.stop_signal), dtype=torch.float64, device=loss_sum.device)])
+    if run.world_size > 1:
+        dist.all_reduce(stats)
+        if stats[2] > 0 and not run.stop_signal:
+            run.stop_signal = signal.SIGTERM  # another rank was told to stop: stop together
+    loss_value = (stats[0] / stats[1].clamp(min=1)).item()
+    if not math.isfinite(loss_value):
+        raise TrainingError(
+            f"loss is {loss_value} at iteration {run.iteration + 1}: stopped; the last good checkpoint is "
+            f"{run.checkpoint_dir / 'last.pt'} (try a lower train.lr or train.warmup_iters)")
+    # DDP averages gradients over ranks, hence `* world_size`: the gradient is that of the mean over
+    # the whole global batch.
+    loss = loss_sum / stats[1].clamp(min=1).to(loss_sum.dtype) * run.world_size
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    run.iteration += 1
+    return loss_value
+
+
+@torch.inference_mode()
+def _prediction_grid(model: nn.Module, dataset: Dataset, count: int, normalization: Any,
+                     device: torch.device) -> np.ndarray:
+    """Input | ground truth | prediction for the first `count` val images (TensorBoard)."""
+    was_training = model.training
+    model.eval()
+    images, gts, preds = [], [], []
+    for i in range(min(count, len(dataset))):  # type: ignore[arg-type]
+        image, mask = dataset[i]
+        logits = model(normalize(image[None].to(device), normalization))
+        images.append(image.permute(1, 2, 0).numpy())
+        gts.append(mask.numpy())
+        preds.append(logits.argmax(1)[0].cpu().numpy())
+    model.train(was_training)
+    return image_grid(images, gts, preds)
+
+
+def evaluate_and_log(run: Run) -> bool:
+    """Val mIoU at the current iteration, to the log and TensorBoard; returns whether it is the
+    best so far."""
+    t = run.cfg.train
+    metrics = evaluate(run.model, run.val_set, run.cfg.model.normalization, int(run.cfg.model.num_classes),
+                       int(run.cfg.dataset.ignore_index), device=run.device, max_images=t.eval_max_images,
+                       progress=False)
+    it = run.iteration
+    if run.writer is not None:
+        run.writer.add_scalar("val/miou", metrics["miou"], it)
+        run.writer.add_scalar("val/pixel_accuracy", metrics["pixel_accuracy"], it)
+        for name, iou in zip(run.cfg.dataset.class_names, metrics["per_class_iou"]):
+            run.writer.add_scalar(f"val/iou/{name}", iou, it)
+        if t.vis_images > 0:
+            grid = _prediction_grid(run.model, run.val_set, t.vis_images, run.cfg.model.normalization, run.device)
+            run.writer.add_image("val/input_gt_prediction", grid, it, dataformats="HWC")
+        log.info("iteration %d: val mIoU %.4f, pixel accuracy %.4f", it, metrics["miou"], metrics["pixel_accuracy"])
+    _train_mode(run.net, t.freeze_bn)  # evaluation leaves every module in training mode
+    run.last_metrics, run.last_eval_iteration = metrics, it
+    if metrics["miou"] > run.best_miou:
+        run.best_miou, run.best_iteration = metrics["miou"], it
+        return True
+    return False
 
 
 def _all_finite(*states: dict) -> bool:
@@ -260,6 +588,39 @@ def _all_finite(*states: dict) -> bool:
     return all(bool(torch.isfinite(x).all()) for s in states for x in tensors(s) if x.is_floating_point())
 
 
+def save(run: Run, best: bool = False) -> None:
+    """`checkpoints/last.pt` (and `best.pt`): everything `restore` needs to continue exactly.
+    Written atomically; weights that are not finite are never written over the last good file."""
+    model_state, optimizer_state = run.model.state_dict(), run.optimizer.state_dict()
+    last = run.checkpoint_dir / "last.pt"
+    if not _all_finite(model_state, optimizer_state):
+        raise TrainingError(f"non-finite weights at iteration {run.iteration}: stopped without overwriting the last "
+                            f"good checkpoint {last} (try a lower train.lr or train.warmup_iters)")
+    rngs = [rng_state()]
+    if run.world_size > 1:
+        rngs = [None] * run.world_size
+        dist.all_gather_object(rngs, rng_state())
+    if not run.main:
+        return
+    epoch, batch = run.sampler.position(run.iteration)
+    state = {
+        "model": model_state,
+        "aux_head": run.net.aux.state_dict() if run.net.aux is not None else None,
+        "optimizer": optimizer_state,
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "iteration": run.iteration,
+        "data": {"epoch": epoch, "batch": batch, "batches_per_epoch": run.sampler.batches_per_epoch},
+        "rng": rngs,
+        "config": OmegaConf.to_yaml(run.cfg, resolve=True),
+        "metrics": {"val": run.last_metrics, "best_miou": run.best_miou, "best_iteration": run.best_iteration,
+                    "wall_time_s": run.wall_time},
+    }
+    save_checkpoint(last, state)
+    if best:
+        save_checkpoint(run.checkpoint_dir / "best.pt", state)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -270,20 +631,72 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-@torch.inference_mode()
-def _prediction_grid(model: nn.Module, dataset, count: int, normalization: str, device: torch.device) -> np.ndarray:
-    """Input | ground truth | prediction for the first `count` val images (TensorBoard)."""
-    was_training = model.training
-    model.eval()
-    images, gts, preds = [], [], []
-    for i in range(min(count, len(dataset))):
-        image, mask = dataset[i]
-        logits = model(normalize(image[None].to(device), normalization))
-        images.append(image.permute(1, 2, 0).numpy())
-        gts.append(mask.numpy())
-        preds.append(logits.argmax(1)[0].cpu().numpy())
-    model.train(was_training)
-    return image_grid(images, gts, preds)
+def finish(run: Run) -> dict:
+    """The final metrics (evaluating once more if the last step was not evaluated), written to
+    metrics.json; returns them."""
+    if run.last_eval_iteration != run.iteration:  # e.g. resumed from a finished run
+        evaluate_and_log(run)
+    m = run.last_metrics
+    result = {
+        "miou": m["miou"],
+        "per_class_iou": dict(zip(run.cfg.dataset.class_names, m["per_class_iou"])),
+        "pixel_accuracy": m["pixel_accuracy"],
+        "mean_class_accuracy": m["mean_class_accuracy"],
+        "frequency_weighted_iou": m["frequency_weighted_iou"],
+        "num_val_images": m["num_images"],
+        "iterations": run.iteration,
+        "best_miou": run.best_miou,
+        "best_iteration": run.best_iteration,
+        "wall_time_s": round(run.wall_time, 1),
+        "world_size": run.world_size,
+    }
+    if run.main:
+        _write_text(run.run_dir / "metrics.json", json.dumps(_jsonable(result), indent=2) + "\n")
+    barrier()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping on a signal
+# ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def stop_on_signals(run: Run) -> Iterator[None]:
+    """While inside: the first SIGINT / SIGTERM asks the loop to stop after the current step; a
+    second one stops at once (the default behaviour)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def ask_to_stop(signum: int, _frame: Any) -> None:
+        run.stop_signal = signum
+        for s, handler in previous.items():  # a second signal: stop now
+            signal.signal(s, handler)
+        if run.main:
+            log.warning("%s: stopping after this step (again to stop at once)", signal.Signals(signum).name)
+
+    for s in previous:
+        signal.signal(s, ask_to_stop)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _resume_command(run: Run) -> str:
+    args = [a for a in sys.argv[1:] if not a.startswith(("hydra.run.dir=", "train.resume=", "hydra.output_subdir="))]
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "tools/train.py"
+    return shlex.join(["python", script, *args, f"hydra.run.dir={run.run_dir}", "train.resume=auto"])
+
+
+def _stopped(run: Run) -> Interrupted:
+    name = signal.Signals(run.stop_signal).name
+    return Interrupted(
+        f"stopped by {name} after iteration {run.iteration}: saved {run.checkpoint_dir / 'last.pt'}; resume with: "
+        f"{_resume_command(run)}", run.stop_signal)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,296 +706,88 @@ def _prediction_grid(model: nn.Module, dataset, count: int, normalization: str, 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train as `cfg` says, writing into `run_dir`; returns the final metrics (val mIoU, ...)."""
-    t = cfg.train
-    run_dir = Path(run_dir)
-    rank, world_size, local_rank = init_distributed()
-    main = rank == 0
-    if not main:
-        logging.getLogger().setLevel(logging.WARNING)  # one voice: rank 0's
-    device = _device(cfg, local_rank)
-    _set_determinism(t.deterministic)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not t.deterministic
-    if main:
-        # Hydra saves the config with its interpolations; keep the resolved values too.
-        if (run_dir / ".hydra").is_dir():
-            (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        log.info("run directory: %s (device %s, %d process%s)", run_dir, device, world_size,
-                 "es" if world_size > 1 else "")
-
-    # Fail on missing files before anything heavy.
-    resume_path = _resume_path(cfg, run_dir)
-    init_path = None if resume_path else _checkpoint_path(t.init_from, "train.init_from")
-    _check_settings(cfg, world_size)
-
-    # Data (before the model: a missing dataset fails first).
-    transform = SeededTransform(build_train_transform(
-        t.crop_size, t.scale_min, t.scale_max, t.scale_step, t.flip, cfg.dataset.ignore_index, jitter=t.jitter))
-    train_set = build_dataset(cfg.dataset, "train", transform)
-    val_set = build_dataset(cfg.dataset, "val", build_eval_transform())
-    num_classes = int(cfg.model.num_classes)
-    if main:
-        log.info("data: %s, %d train / %d val images, %d classes", getattr(cfg.dataset.name, "value", cfg.dataset.name),
-                 len(train_set), len(val_set), num_classes)
-
-    # Model: the same initial weights on every rank (seeded), then per-rank seeds (dropout).
-    _seed_everything(t.seed)
-    model = build_segmenter(cfg.model)
-    aux = AuxHead(model.backbone.channels["mid_level"], num_classes) if t.aux_loss_weight > 0 else None
-    net = TrainNet(model, aux)
-    if init_path is not None:
-        _load_init(model, init_path, cfg.model)
-    if t.sync_bn and world_size > 1 and not t.freeze_bn:
-        if device.type == "cpu":
-            # torch's SyncBatchNorm runs on GPUs only.
-            if main:
-                log.warning("train.sync_bn: not available on CPU; each process normalises its own share of the batch")
-        else:
-            net = convert_sync_batchnorm(net)
-            model = net.model
-    net.to(device)
-    cuda = device.type == "cuda"
-    memory_format = torch.channels_last if (t.channels_last and cuda) else torch.contiguous_format
-    net.to(memory_format=memory_format)
-    if main:
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info("model: %s + %s, output stride %d, %.2fM parameters", cfg.model.backbone._target_.rsplit(".", 1)[-1],
-                 cfg.model.head._target_.rsplit(".", 1)[-1], cfg.model.output_stride, n_params / 1e6)
-
-    optimizer = torch.optim.SGD(_param_groups(net, cfg), lr=t.lr, momentum=t.momentum)
-    scheduler = build_scheduler(optimizer, t.max_iters, t.poly_power, t.warmup_iters, t.warmup_factor)
-    amp_dtype = _amp_dtype(t)
-    use_amp = bool(t.amp) and cuda
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    class_weights = None
-    if t.class_weights is not None:
-        class_weights = torch.tensor(list(t.class_weights), dtype=torch.float32, device=device)
-
-    # Resume: everything that decides what comes next.
-    start_iter, best_miou, best_iter, wall_before = 0, -1.0, 0, 0.0
-    data_pos = (0, 0)
-    rng_states = None
-    if resume_path is not None:
-        state = load_checkpoint(resume_path)
-        model.load_state_dict(state["model"])
-        if aux is not None and state.get("aux_head") is not None:
-            aux.load_state_dict(state["aux_head"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_iter = int(state["iteration"])
-        data_pos = (int(state["data"]["epoch"]), int(state["data"]["batch"]))
-        best_miou = float(state["metrics"].get("best_miou", -1.0))
-        best_iter = int(state["metrics"].get("best_iteration", 0))
-        wall_before = float(state["metrics"].get("wall_time_s", 0.0))
-        rng_states = state["rng"]
-        if main:
-            log.info("resumed from %s at iteration %d", resume_path, start_iter)
-
-    ddp = world_size > 1
-    train_net: nn.Module = net
-    if ddp:
-        train_net = DistributedDataParallel(net, device_ids=[device.index] if cuda else None)
-    if t.compile:
-        train_net = torch.compile(train_net)
-
+    run = set_up(cfg, run_dir)
     try:
-        sampler = TrainBatchSampler(len(train_set), t.batch_size, t.seed, rank, world_size, *data_pos)
-    except ValueError as e:
-        raise TrainingError(str(e)) from e
-    workers = int(cfg.dataset.num_workers)
-    loader = DataLoader(
-        SeededSamples(train_set, transform), batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
-        persistent_workers=workers > 0, worker_init_fn=_seed_worker,
-        # Its own generator, so starting the loader never draws from the global RNG (exact resume).
-        generator=torch.Generator().manual_seed(t.seed + rank),
-    )
+        restore(run)
+        with stop_on_signals(run):
+            _loop(run)
+        if run.stop_signal:
+            raise _stopped(run)
+        return finish(run)
+    finally:
+        run.close()
 
-    # Per-rank random streams (dropout), restored on resume so the run continues bit for bit.
-    _seed_everything(t.seed + rank)
-    if rng_states is not None:
-        if len(rng_states) == world_size:
-            set_rng_state(rng_states[rank])
-        elif main:
-            log.warning("checkpoint has RNG states of %d processes, this run %d: reseeded", len(rng_states), world_size)
 
-    writer = SummaryWriter(str(run_dir), purge_step=start_iter if start_iter else None) if main else None
-    normalization = cfg.model.normalization
-    ignore_index = int(cfg.dataset.ignore_index)
-    class_names = list(cfg.dataset.class_names)
-    ckpt_dir = run_dir / "checkpoints"
-    last_metrics: Optional[dict] = None
-    last_eval_iter = -1
-
-    def run_eval(it: int) -> dict:
-        metrics = evaluate(model, val_set, normalization, num_classes, ignore_index, device=device,
-                           max_images=t.eval_max_images, progress=False)
-        if writer is not None:
-            writer.add_scalar("val/miou", metrics["miou"], it)
-            writer.add_scalar("val/pixel_accuracy", metrics["pixel_accuracy"], it)
-            for name, iou in zip(class_names, metrics["per_class_iou"]):
-                writer.add_scalar(f"val/iou/{name}", iou, it)
-            if t.vis_images > 0:
-                grid = _prediction_grid(model, val_set, t.vis_images, normalization, device)
-                writer.add_image("val/input_gt_prediction", grid, it, dataformats="HWC")
-            log.info("iteration %d: val mIoU %.4f, pixel accuracy %.4f", it, metrics["miou"], metrics["pixel_accuracy"])
-        _train_mode(net, t.freeze_bn)  # evaluation leaves every module in training mode
-        return metrics
-
-    def save(it: int, wall: float, best: bool) -> None:
-        model_state, optimizer_state = model.state_dict(), optimizer.state_dict()
-        if not _all_finite(model_state, optimizer_state):
-            raise TrainingError(f"non-finite weights at iteration {it}: stopped without overwriting the last good "
-                                f"checkpoint {ckpt_dir / 'last.pt'} (try a lower train.lr or train.warmup_iters)")
-        rngs = [rng_state()]
-        if ddp:
-            rngs = [None] * world_size
-            dist.all_gather_object(rngs, rng_state())
-        if not main:
-            return
-        epoch, batch = sampler.position(it)
-        state = {
-            "model": model_state,
-            "aux_head": aux.state_dict() if aux is not None else None,
-            "optimizer": optimizer_state,
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "iteration": it,
-            "data": {"epoch": epoch, "batch": batch, "batches_per_epoch": sampler.batches_per_epoch},
-            "rng": rngs,
-            "config": OmegaConf.to_yaml(cfg, resolve=True),
-            "metrics": {"val": last_metrics, "best_miou": best_miou, "best_iteration": best_iter,
-                        "wall_time_s": wall},
-        }
-        save_checkpoint(ckpt_dir / "last.pt", state)
-        if best:
-            save_checkpoint(ckpt_dir / "best.pt", state)
-
-    # ---- the loop ----
-    _train_mode(net, t.freeze_bn)
-    it = start_iter
-    start_time = time.perf_counter()
+def _loop(run: Run) -> None:
+    t = run.cfg.train
+    _train_mode(run.net, t.freeze_bn)
+    run.started = time.perf_counter()
     window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
-    batches = iter(loader)
-    bar = tqdm(total=t.max_iters, initial=start_iter, desc="train", unit="it", dynamic_ncols=True,
-               disable=not (main and t.progress))
-    redirect = logging_redirect_tqdm() if main and t.progress else nullcontext()
-    autocast = torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp)
+    data = batches(run)
+    bar = tqdm(total=t.max_iters, initial=run.iteration, desc="train", unit="it", dynamic_ncols=True,
+               disable=not (run.main and t.progress))
+    redirect = logging_redirect_tqdm() if run.main and t.progress else nullcontext()
     try:
         with redirect:
-            while it < t.max_iters:
-                images, masks = next(batches)
-                images = images.to(device, non_blocking=True)
-                masks = masks.to(device, non_blocking=True).long()
-                x = normalize(images, normalization).contiguous(memory_format=memory_format)
-                with autocast:
-                    logits, aux_logits = train_net(x)
-                loss_sum, norm = _loss_terms(logits, masks, class_weights, ignore_index, t.label_smoothing)
-                if aux_logits is not None:
-                    loss_sum = loss_sum + t.aux_loss_weight * _loss_terms(
-                        aux_logits, masks, class_weights, ignore_index, t.label_smoothing)[0]
-                stats = torch.stack([loss_sum.detach(), norm.detach()]).double()
-                if ddp:
-                    dist.all_reduce(stats)
-                loss_value = (stats[0] / stats[1].clamp(min=1)).item()
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"loss is {loss_value} at iteration {it + 1}: stopped; the last good checkpoint is "
-                        f"{ckpt_dir / 'last.pt'} (try a lower train.lr or train.warmup_iters)")
-                # DDP averages gradients over ranks, hence `* world_size`: the gradient is that of the
-                # mean over the whole global batch.
-                loss = loss_sum / stats[1].clamp(min=1).to(loss_sum.dtype) * world_size
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                it += 1
-
+            while run.iteration < t.max_iters and not run.stop_signal:
+                images, masks = next(data)
+                loss_value = train_step(run, images, masks)
+                it = run.iteration
                 window_images += t.batch_size
                 window_loss += loss_value
                 window_count += 1
                 bar.update(1)
-                if main and (it % t.log_every == 0 or it == t.max_iters):
+                if run.main and (it % t.log_every == 0 or it == t.max_iters):
                     elapsed = time.perf_counter() - window_start
-                    lr = t.lr * scheduler.lr_lambdas[0](scheduler.last_epoch)  # the head's; backbone: x mult
+                    lr = t.lr * run.scheduler.lr_lambdas[0](run.scheduler.last_epoch)  # the head's; backbone: x mult
                     rate = window_images / max(elapsed, 1e-9)
                     mean_loss = window_loss / window_count
                     bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
-                    writer.add_scalar("train/loss", mean_loss, it)
-                    writer.add_scalar("train/lr", lr, it)
-                    writer.add_scalar("train/images_per_s", rate, it)
+                    run.writer.add_scalar("train/loss", mean_loss, it)
+                    run.writer.add_scalar("train/lr", lr, it)
+                    run.writer.add_scalar("train/images_per_s", rate, it)
                     log.info("iteration %d/%d: loss %.4f, lr %.2e, %.1f images/s", it, t.max_iters, mean_loss, lr, rate)
                     window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
 
                 is_best = False
                 if (t.eval_every and it % t.eval_every == 0) or it == t.max_iters:
-                    last_metrics, last_eval_iter = run_eval(it), it
-                    if last_metrics["miou"] > best_miou:
-                        best_miou, best_iter, is_best = last_metrics["miou"], it, True
+                    is_best = evaluate_and_log(run)
                     window_start = time.perf_counter()  # evaluation time is not training speed
-                if (t.checkpoint_every and it % t.checkpoint_every == 0) or it == t.max_iters or is_best:
-                    save(it, wall_before + time.perf_counter() - start_time, is_best)
+                if (t.checkpoint_every and it % t.checkpoint_every == 0) or it == t.max_iters or is_best \
+                        or run.stop_signal:
+                    save(run, is_best)
     finally:
         bar.close()
-        del batches
-        if writer is not None:
-            writer.flush()
-
-    if last_eval_iter != it:  # e.g. resumed from a finished run
-        last_metrics = run_eval(it)
-    wall = wall_before + time.perf_counter() - start_time
-    result = {
-        "miou": last_metrics["miou"],
-        "per_class_iou": dict(zip(class_names, last_metrics["per_class_iou"])),
-        "pixel_accuracy": last_metrics["pixel_accuracy"],
-        "mean_class_accuracy": last_metrics["mean_class_accuracy"],
-        "frequency_weighted_iou": last_metrics["frequency_weighted_iou"],
-        "num_val_images": last_metrics["num_images"],
-        "iterations": it,
-        "best_miou": best_miou,
-        "best_iteration": best_iter,
-        "wall_time_s": round(wall, 1),
-        "world_size": world_size,
-    }
-    if main:
-        (run_dir / "metrics.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
-        writer.close()
-    barrier()
-    return result
+        del data
+        if run.writer is not None:
+            run.writer.flush()
 
 
 def time_train_steps(model_cfg: DictConfig, train_cfg: DictConfig, crop_size: int, batch_size: int,
                      warmup: int, runs: int) -> tuple[float, str]:
-    """Training images/s of one process on random data: the loop's step without data loading, timed
+    """Training images/s of one process on random data: `train_step` without data loading, timed
     over `runs` steps after `warmup` (`tools/benchmark.py train`). Returns (images/s, device)."""
-    device = _device(OmegaConf.create({"train": {"device": train_cfg.device}}), 0)
-    cuda = device.type == "cuda"
+    device = _device(train_cfg.device, 0)
     torch.backends.cudnn.benchmark = True
-    model = build_segmenter(model_cfg).to(device)
-    memory_format = torch.channels_last if (train_cfg.channels_last and cuda) else torch.contiguous_format
-    model.to(memory_format=memory_format).train()
-    net = TrainNet(model, None)
-    optimizer = torch.optim.SGD(_param_groups(net, OmegaConf.create({"train": train_cfg})), lr=train_cfg.lr,
-                                momentum=train_cfg.momentum)
-    amp_dtype = _amp_dtype(train_cfg)
-    use_amp = bool(train_cfg.amp) and cuda
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    images = torch.randint(0, 256, (batch_size, 3, crop_size, crop_size), dtype=torch.uint8, device=device)
-    masks = torch.randint(0, int(model_cfg.num_classes), (batch_size, crop_size, crop_size), device=device)
-    step_fn = torch.compile(net) if train_cfg.compile else net
+    cfg = OmegaConf.create({"model": OmegaConf.to_container(model_cfg, resolve=True),
+                            "train": OmegaConf.to_container(train_cfg, resolve=True)})
+    cfg.train.aux_loss_weight = 0.0
+    model, net, optimizer, scheduler, scaler, loss = build_training(model_cfg, cfg.train, device, 255)
+    net.train()
+    use_amp = bool(train_cfg.amp) and device.type == "cuda"
+    run = Run(cfg=cfg, run_dir=Path("."), rank=0, world_size=1, device=device, train_set=[], val_set=[],
+              model=model, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler, loss=loss,
+              autocast=torch.autocast(device_type=device.type, dtype=_amp_dtype(train_cfg), enabled=use_amp),
+              memory_format=torch.channels_last if (train_cfg.channels_last and device.type == "cuda")
+              else torch.contiguous_format)
+    run.train_net = torch.compile(net) if train_cfg.compile else net
+    images = torch.randint(0, 256, (batch_size, 3, crop_size, crop_size), dtype=torch.uint8)
+    masks = torch.randint(0, int(model_cfg.num_classes), (batch_size, crop_size, crop_size))
     seconds = []
     for i in range(warmup + runs):
         start = time.perf_counter()
-        x = normalize(images, model_cfg.normalization).contiguous(memory_format=memory_format)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-            logits, _ = step_fn(x)
-        loss_sum, norm = _loss_terms(logits, masks, None, 255, 0.0)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss_sum / norm).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if cuda:
+        train_step(run, images, masks)
+        if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= warmup:
             seconds.append(time.perf_counter() - start)

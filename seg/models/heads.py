@@ -136,3 +136,18 @@ class LRASPPHead(nn.Module):
         x = self.branch(high) * self.gate(high.mean(dim=(2, 3), keepdim=True))
         x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
         return self.low_classifier(low) + self.high_classifier(self.dropout(x))
+
+
+class AuxHead(nn.Module):
+    """Auxiliary classifier on the backbone's stride-8 features (training only, off by default:
+    `train.aux_loss_weight`)."""
+
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 128) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from seg.errors import ConfigError, UnsafeFileError
-from seg.models.heads import AsppLiteHead, DeepLabV3Head, DeepLabV3PlusHead, LRASPPHead
+from seg.models.heads import AsppLiteHead, AuxHead, DeepLabV3Head, DeepLabV3PlusHead, LRASPPHead
 from seg.models.mnasnet import mnasnet_a1, mnasnet_b1
 from seg.models.mobilenet_v1 import mobilenet_v1
 from seg.models.mobilenet_v2 import mobilenet_v2
@@ -53,6 +53,39 @@ class Segmenter(nn.Module):
         logits = self.head(self.backbone(x))
         size = x.shape[-2:] if output_size is None else output_size
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+
+
+class TrainNet(nn.Module):
+    """The segmenter plus the optional auxiliary head, as training runs it: returns `(logits,
+    aux_logits or None)`, both at the input size.
+
+    One module so that DDP synchronises the gradients of both. The auxiliary head reads the
+    backbone's stride-8 features through a forward hook, leaving the segmenter's forward untouched.
+    """
+
+    def __init__(self, model: Segmenter, aux: Optional[AuxHead] = None) -> None:
+        super().__init__()
+        self.model, self.aux = model, aux
+        self._features: Optional[torch.Tensor] = None
+        if aux is not None:
+            model.backbone.register_forward_hook(self._keep_features)
+
+    @classmethod
+    def build(cls, model: Segmenter, aux_loss_weight: float, num_classes: int) -> "TrainNet":
+        """With an auxiliary head when `aux_loss_weight > 0`."""
+        aux = AuxHead(model.backbone.channels["mid_level"], num_classes) if aux_loss_weight > 0 else None
+        return cls(model, aux)
+
+    def _keep_features(self, _module: nn.Module, _inputs: Any, outputs: dict) -> None:
+        self._features = outputs["mid_level"]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        logits = self.model(x)
+        if self.aux is None:
+            return logits, None
+        aux = self.aux(self._features)
+        self._features = None
+        return logits, F.interpolate(aux, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def _builder_arguments(node: Any, key: str, builders: Mapping[str, Callable[..., nn.Module]]) -> tuple[Callable, dict]:
