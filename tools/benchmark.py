@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from seg.benchmark import run_task
 from seg.cli import one_line_errors
-from seg.config import register_configs
+from seg.config import check_config, register_configs
 
 register_configs()
 
@@ -30,6 +30,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    check_config(cfg)
     result = run_task(cfg)
     line = json.dumps(result)
     default = Path(HydraConfig.get().runtime.output_dir) / f"benchmark_{cfg.benchmark.task}.json"

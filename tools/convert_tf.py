@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from seg.cli import alias_overrides, one_line_errors
-from seg.config import register_configs
+from seg.config import check_config, register_configs
 from seg.engine.checkpoint import save_checkpoint
 from seg.errors import ConfigError
 from seg.files import refuse_overwrite
@@ -32,6 +32,7 @@ log = logging.getLogger("convert_tf")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    check_config(cfg)
     if not cfg.convert.source:
         raise ConfigError("source=PATH is required: a frozen_inference_graph.pb or a model.ckpt-NNNN prefix")
     source = Path(cfg.convert.source)

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from seg.cli import one_line_errors
-from seg.config import register_configs
+from seg.config import check_config, register_configs
 from seg.engine.evaluator import run_evaluation
 
 register_configs()
@@ -26,6 +26,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    check_config(cfg)
     overrides = HydraConfig.get().overrides.task
     user_set_dataset = any(o.lstrip("+~").startswith("dataset") for o in overrides)
     run_evaluation(cfg, HydraConfig.get().runtime.output_dir, keep_dataset=user_set_dataset)

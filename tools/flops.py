@@ -20,7 +20,8 @@ import json
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from seg.config import register_configs
+from seg.cli import one_line_errors
+from seg.config import check_config, register_configs
 from seg.flops import count_evaluation, count_multiply_adds, count_parameters, separable_layer_example
 from seg.models import build_segmenter
 from seg.models.classifier import build_classifier
@@ -61,7 +62,9 @@ def classifier(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
+    check_config(cfg)
     if cfg.flops.layer_example:
         layer_example(cfg)
         return

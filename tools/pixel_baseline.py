@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from seg.cli import one_line_errors
-from seg.config import register_configs
+from seg.config import check_config, register_configs
 from seg.data import build_dataset
 from seg.metrics import ConfusionMatrix
 
@@ -59,6 +59,7 @@ def pixel_colour_baseline(dataset_cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    check_config(cfg)
     metrics = pixel_colour_baseline(cfg.dataset)
     for name, iou in zip(cfg.dataset.class_names, metrics["per_class_iou"]):
         print(f"{name:<16}{'n/a' if np.isnan(iou) else f'{100 * iou:.2f}':>8}")

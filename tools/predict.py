@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from seg.cli import alias_overrides, one_line_errors
-from seg.config import register_configs
+from seg.config import check_config, register_configs
 from seg.predict import run_predict
 
 register_configs()
@@ -26,6 +26,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    check_config(cfg)
     counts = run_predict(cfg, log=print)
     if counts["images"] == 0:
         sys.exit(1)

@@ -137,8 +137,11 @@ def metadata_path(model_path: str | os.PathLike) -> Path:
 
 
 def write_metadata(model_path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+    """MODEL.json beside the model, written atomically."""
     path = metadata_path(model_path)
-    path.write_text(json.dumps(metadata, indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(metadata, indent=2) + "\n")
+    os.replace(tmp, path)
     return path
 
 

@@ -3,6 +3,8 @@ reported done."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -14,9 +16,10 @@ from omegaconf import DictConfig
 from seg.data import DatasetError, build_dataset
 from seg.engine.checkpoint import load_segmenter
 from seg.export.check import compare, format_check, miou, torch_runner
-from seg.export.common import ExportError, ExportWrapper, build_metadata, write_metadata
+from seg.export.common import ExportError, ExportWrapper, build_metadata, metadata_path, write_metadata
 from seg.export.runtime import ExportedPredictor
 from seg.fastpath import fold_batchnorm
+from seg.files import FileClashError, refuse_overwrite, same_or_inside
 
 FP32_AGREEMENT = 0.999  # argmax agreement an fp32 export must reach against PyTorch
 INT8_AGREEMENT = 0.98  # ... and an int8 export against the fp32 one
@@ -61,6 +64,29 @@ def _validate(cfg: DictConfig) -> None:
         raise ExportError("export.check_images must be at least 1: every export is checked")
 
 
+def _check_destination(path: Path, checkpoint: Path, overwrite: bool) -> None:
+    """Never the checkpoint itself; no existing file unless `export.overwrite=true`."""
+    for target in (path, metadata_path(path)):
+        if same_or_inside(target, checkpoint):
+            raise FileClashError(
+                f"export.path={path} would write over the checkpoint being exported ({checkpoint}): choose another "
+                "export.path"
+            )
+        refuse_overwrite(target, "export.path", overwrite, what="file (export.path and its metadata JSON)")
+
+
+def _move_into_place(built: Path, path: Path) -> None:
+    """Copy a finished, checked file from the work folder beside its destination, then rename it
+    over the destination: the destination is either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(built, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
     """Export `cfg.checkpoint` as `cfg.export` says; returns the report (also written as metadata).
 
@@ -74,9 +100,10 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
     fmt, quantize, output = _value(e.format), _value(e.quantize), _value(e.output)
     labels = output == "labels"
     checkpoint = Path(cfg.checkpoint)
+    path = Path(e.path) if e.path else default_path(checkpoint, cfg)
+    _check_destination(path, checkpoint, bool(e.overwrite))
     model, stored = load_segmenter(checkpoint)
     dataset_cfg = cfg.dataset if keep_dataset else stored.dataset
-    path = Path(e.path) if e.path else default_path(checkpoint, cfg)
     normalization = _value(stored.model.normalization)
 
     metadata = build_metadata(
@@ -112,30 +139,34 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
     sample = torch.from_numpy(inputs[0])
 
     report: dict[str, Any] = {"path": str(path), "format": fmt, "quantize": quantize}
-    with tempfile.TemporaryDirectory() as tmp:
+    # Built and checked in a work folder; only a file that passed its checks reaches export.path.
+    with tempfile.TemporaryDirectory(prefix="seg-export-") as tmp:
+        built = Path(tmp) / path.name
         if fmt == "onnx":
             from seg.export.onnx import OnnxRunner, export_onnx
 
-            fp32_path = Path(tmp) / "fp32.onnx" if quantize else path
+            fp32_path = Path(tmp) / "fp32.onnx" if quantize else built
             export_onnx(exportable, fp32_path, sample, e.dynamic, e.opset, metadata, e.resize_matmul)
             runner = OnnxRunner(fp32_path)
         elif fmt == "torchscript":
             from seg.export.torchscript import TorchScriptRunner, export_torchscript
 
-            export_torchscript(exportable, path, sample, metadata)
-            runner = TorchScriptRunner(path)
+            export_torchscript(exportable, built, sample, metadata)
+            runner = TorchScriptRunner(built)
         else:
             from seg.export.tflite import TFLiteRunner, export_tflite
 
-            export_tflite(exportable, path, sample)
-            runner = TFLiteRunner(path)
+            export_tflite(exportable, built, sample)
+            runner = TFLiteRunner(built)
         check = compare(torch_runner(reference), runner, inputs, labels, valid)
         report["check"] = check
         print(format_check(f"check {fmt} fp32 vs PyTorch", check))
-        _gate(check, FP32_AGREEMENT if e.min_agreement is None else e.min_agreement, fp32_path if quantize else path, "vs PyTorch")
+        _gate(check, FP32_AGREEMENT if e.min_agreement is None else e.min_agreement, path, "vs PyTorch")
 
         if quantize:
-            report.update(_quantize(cfg, dataset_cfg, stored, metadata, fp32_path, path, runner, reference, inputs, valid, prepare))
+            report.update(_quantize(cfg, dataset_cfg, stored, metadata, fp32_path, built, runner, reference, inputs,
+                                    valid, prepare, destination=path))
+        _move_into_place(built, path)
 
     metadata["check"] = report.get("int8_check", report["check"])
     metadata["check"]["images"] = len(inputs)
@@ -150,14 +181,14 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
 
 
 def _gate(check: dict[str, Any], threshold: float, path: Path, against: str) -> None:
-    """Refuse an export that does not reproduce its reference: the file is removed."""
+    """Refuse an export that does not reproduce its reference: nothing is written to `path`."""
     if "error" in check or check["agreement"] < threshold:
-        path.unlink(missing_ok=True)
         reason = check.get("error") or f"argmax agreement {100 * check['agreement']:.3f}% < {100 * threshold:.1f}%"
-        raise ExportError(f"exported model does not match {against}: {reason}; {path} was removed")
+        raise ExportError(f"exported model does not match {against}: {reason}; nothing was written to {path}")
 
 
-def _quantize(cfg, dataset_cfg, stored, metadata, fp32_path, path, fp32_runner, reference, inputs, valid, prepare) -> dict:
+def _quantize(cfg, dataset_cfg, stored, metadata, fp32_path, path, fp32_runner, reference, inputs, valid, prepare,
+              destination: Path) -> dict:
     from seg.export.onnx import OnnxRunner
     from seg.export.quantize import quantize_int8
 
@@ -188,5 +219,5 @@ def _quantize(cfg, dataset_cfg, stored, metadata, fp32_path, path, fp32_runner, 
         print(f"mIoU on {len(samples)} val images: fp32 {100 * out['miou_fp32']:.2f}%, int8 {100 * out['miou_int8']:.2f}%")
     else:
         print("mIoU: no val split available, skipped")
-    _gate(vs_fp32, INT8_AGREEMENT if e.min_agreement is None else e.min_agreement, path, "the fp32 export")
+    _gate(vs_fp32, INT8_AGREEMENT if e.min_agreement is None else e.min_agreement, destination, "the fp32 export")
     return out
