@@ -13,6 +13,8 @@ import functools
 import logging
 import signal
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, NoReturn, TypeVar
 
 from seg.errors import SegError
@@ -67,6 +69,31 @@ def one_line_errors(main: F) -> F:
             fail(message)
 
     return run  # type: ignore[return-value]
+
+
+def check_run_dir(argv: list[str] | None = None) -> None:
+    """Fail in one line, before Hydra starts, when the run directory (`hydra.run.dir`, default under
+    `outputs/`) cannot be created: Hydra would report it with a traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    run_dir = given[-1] if given else "outputs"
+    literal = Path(run_dir.split("${", 1)[0] or ".")  # up to the first interpolation
+    ancestor = next((p for p in (literal, *literal.parents) if p.exists()), Path("."))
+    if not ancestor.is_dir():
+        fail(f"hydra.run.dir={run_dir}: {ancestor} is a file, not a folder; choose another hydra.run.dir")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        fail(f"hydra.run.dir={run_dir}: cannot write in {ancestor} ({exc.strerror}); choose a writable hydra.run.dir")
+
+
+def launch(main: Callable[[], Any], aliases: dict[str, str] | None = None) -> None:
+    """A tool's entry point: short override names, the run directory checked, then Hydra's main."""
+    if aliases:
+        alias_overrides(aliases)
+    check_run_dir()
+    main()
 
 
 def alias_overrides(aliases: dict[str, str], argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from seg.benchmark import run_task
-from seg.cli import one_line_errors
+from seg.cli import launch, one_line_errors
 from seg.config import check_config, register_configs
 
 register_configs()
@@ -44,4 +44,4 @@ if __name__ == "__main__":
     # `benchmark.py data ...` -> `benchmark.py benchmark.task=data ...` before Hydra reads argv.
     if len(sys.argv) > 1 and not sys.argv[1].startswith("-") and "=" not in sys.argv[1]:
         sys.argv[1] = f"benchmark.task={sys.argv[1]}"
-    main()
+    launch(main)

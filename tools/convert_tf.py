@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from seg.cli import alias_overrides, one_line_errors
+from seg.cli import launch, one_line_errors
 from seg.config import check_config, register_configs
 from seg.engine.checkpoint import save_checkpoint
 from seg.errors import ConfigError
@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> None:
         raise ConfigError("source=PATH is required: a frozen_inference_graph.pb or a model.ckpt-NNNN prefix")
     source = Path(cfg.convert.source)
     output = Path(cfg.convert.output) if cfg.convert.output else source.parent / "model.pt"
-    refuse_overwrite(output, "output", cfg.convert.overwrite)
+    refuse_overwrite(output, "convert.output", cfg.convert.overwrite)
     state = convert_deeplab(source, cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(output, state)
@@ -47,5 +47,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    alias_overrides({"source": "convert.source", "output": "convert.output"})
-    main()
+    launch(main, aliases={"source": "convert.source", "output": "convert.output"})

@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from seg.cli import one_line_errors
+from seg.cli import launch, one_line_errors
 from seg.config import check_config, register_configs
 from seg.engine.evaluator import run_evaluation
 
@@ -33,4 +33,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

@@ -18,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from seg.cli import one_line_errors
+from seg.cli import launch, one_line_errors
 from seg.config import check_config, register_configs
 from seg.export import run_export
 
@@ -35,4 +35,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

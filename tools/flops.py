@@ -20,7 +20,7 @@ import json
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from seg.cli import one_line_errors
+from seg.cli import launch, one_line_errors
 from seg.config import check_config, register_configs
 from seg.flops import count_evaluation, count_multiply_adds, count_parameters, separable_layer_example
 from seg.models import build_segmenter
@@ -108,4 +108,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

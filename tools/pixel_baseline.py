@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from seg.cli import one_line_errors
+from seg.cli import launch, one_line_errors
 from seg.config import check_config, register_configs
 from seg.data import build_dataset
 from seg.metrics import ConfusionMatrix
@@ -71,4 +71,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main)

@@ -16,7 +16,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from seg.cli import alias_overrides, one_line_errors
+from seg.cli import launch, one_line_errors
 from seg.config import check_config, register_configs
 from seg.predict import run_predict
 
@@ -33,5 +33,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    alias_overrides({"model": "predict.model", "input": "predict.input", "output": "predict.output"})
-    main()
+    launch(main, aliases={"model": "predict.model", "input": "predict.input", "output": "predict.output"})

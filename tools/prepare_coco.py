@@ -6,11 +6,15 @@ Writes <root>/voc_masks/<split>/<image stem>.png (palette PNGs, classes as in se
 every image, then <root>/voc_masks/<split>.txt ("<stem> <selected area>" per image, which the dataset
 uses for the 1000-pixel training filter). Several processes render; existing masks are kept, so an
 interrupted run resumes, and the list is written last, so the dataset only uses finished splits.
+
+Every selected annotation is checked before anything is rendered; a bad one stops the run with one
+line naming the annotation, the image and the file (`--skip-bad` leaves such images out instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from contextlib import nullcontext
@@ -20,45 +24,41 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
+from seg.cli import environment_error
 from seg.data.base import DatasetError, require_path
 from seg.data.coco import (
-    CATEGORY_TO_CLASS,
     PREPARED_DIR,
     annotation_file,
+    index_annotations,
     load_annotations,
     render_mask_file,
-    select_annotations,
+    write_listing,
 )
 
-def prepare_split(root: Path, split: str, workers: int) -> int:
+
+def prepare_split(root: Path, split: str, workers: int, skip_bad: bool = False) -> int:
     """Render the masks of one split and write its list; return the number of images."""
     require_path(root / split, "COCO image folder")
-    data = load_annotations(annotation_file(root, split))
-    by_image = select_annotations(data)
+    path = annotation_file(root, split)
+    images = index_annotations(load_annotations(path), path, skip_bad=skip_bad)
     out = root / PREPARED_DIR / split
     out.mkdir(parents=True, exist_ok=True)
     done = {p.name for p in out.glob("*.png")}
-    lines, jobs = [], []
-    for info in sorted(data["images"], key=lambda i: i["id"]):
-        anns = by_image.get(info["id"], [])
-        stem = Path(info["file_name"]).stem
-        lines.append(f"{stem} {sum(a['area'] for a in anns):.1f}\n")
-        if f"{stem}.png" not in done:
-            segs = [(a["segmentation"], CATEGORY_TO_CLASS[a["category_id"]]) for a in anns]
-            jobs.append((out / f"{stem}.png", info["height"], info["width"], segs))
-    del data, by_image
-    print(f"{split}: {len(lines)} images, {len(lines) - len(jobs)} masks present, rendering {len(jobs)}")
+    jobs = [
+        (out / f"{img.stem}.png", img.height, img.width, img.annotations, f"image {img.id} ({img.file_name}) of {path}")
+        for img in images
+        if f"{img.stem}.png" not in done
+    ]
+    print(f"{split}: {len(images)} images, {len(images) - len(jobs)} masks present, rendering {len(jobs)}")
     if jobs:
         with Pool(workers) if workers > 1 else nullcontext() as pool:
             results = pool.imap_unordered(render_mask_file, jobs, chunksize=32) if pool else map(render_mask_file, jobs)
             for _ in tqdm(results, total=len(jobs), desc=split):
                 pass
     listing = root / PREPARED_DIR / f"{split}.txt"
-    tmp = listing.with_suffix(".txt.tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, listing)
+    write_listing(listing, images)
     print(f"wrote {listing}")
-    return len(lines)
+    return len(images)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -66,13 +66,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--coco-root", required=True, type=Path, help="folder holding annotations/, train2017/, val2017/")
     ap.add_argument("--splits", nargs="+", default=["train2017", "val2017"])
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
+    ap.add_argument("--skip-bad", action="store_true",
+                    help="leave out images with bad annotations (with a counted warning) instead of stopping")
     args = ap.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
         require_path(args.coco_root, "COCO root")
         for split in args.splits:
-            prepare_split(args.coco_root, split, args.workers)
+            prepare_split(args.coco_root, split, args.workers, args.skip_bad)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # writing masks or the list: full disk, permissions, ...
+        where = e.filename if e.filename is not None else args.coco_root
+        print(f"error: {environment_error(e) or f'{where}: {e.strerror or e}'}", file=sys.stderr)
         return 1
     return 0
 

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
+from seg.cli import environment_error
 from seg.data.base import DatasetError, read_split_file
 from seg.data.voc import (
     EXPECTED_COUNTS,
@@ -67,7 +68,7 @@ def prepare(voc_root: Path, sbd_root: Path, workers: int) -> dict[str, int]:
                 pass
     listing = split_file(voc, "train_aug")
     tmp = listing.with_suffix(".txt.tmp")
-    tmp.write_text("".join(i + "\n" for i in ids))
+    tmp.write_text("".join(i + "\n" for i in ids), encoding="utf-8")
     os.replace(tmp, listing)
     print(f"wrote {listing}")
     return {"train": len(train), "val": len(val), "train_aug": len(ids)}
@@ -84,6 +85,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         counts = prepare(args.voc_root, args.sbd_root, args.workers)
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # writing masks or the list: full disk, permissions, ...
+        where = e.filename if e.filename is not None else args.voc_root
+        print(f"error: {environment_error(e) or f'{where}: {e.strerror or e}'}", file=sys.stderr)
         return 1
     ok = True
     for split, expected in EXPECTED_COUNTS.items():

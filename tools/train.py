@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from seg.cli import one_line_errors
+from seg.cli import launch, one_line_errors
 from seg.config import register_configs
 from seg.engine.distributed import cleanup, init_distributed, is_main_process
 from seg.engine.trainer import train
@@ -66,4 +66,4 @@ if __name__ == "__main__":
         # trainer locks it (a second run into a directory in use must not touch its files); the
         # trainer writes the config itself once the directory is its own.
         sys.argv.append("hydra.output_subdir=null")
-    main()
+    launch(main)
