@@ -37,10 +37,51 @@ def require_path(path: Path, what: str) -> Path:
     return path
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_text_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file (a byte-order mark is fine); a binary, UTF-16 or otherwise
+    undecodable file raises DatasetError naming the file, the line and the byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DatasetError(f"{what} {path} is UTF-16 text: save it as UTF-8 ({README_HINT})")
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise DatasetError(
+            f"{what} {path} is not a text file: NUL byte at line {line} (byte {nul}); expected UTF-8 "
+            f"text ({README_HINT})"
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DatasetError(
+            f"{what} {path} is not UTF-8 text: byte 0x{data[e.start]:02x} at line {line} (byte {e.start}); "
+            f"save it as UTF-8 ({README_HINT})"
+        ) from None
+    return text.splitlines()
+
+
+def _split_line_name(line: str) -> str:
+    """The sample id on one split-file line: `x`, `x.jpg`, `dir/x.jpg`, or a VOC-style pair of paths
+    `JPEGImages/x.jpg SegmentationClassAug/x.png`; an id may contain spaces (`my photo`)."""
+    text = line.strip()
+    parts = text.split()
+    if len(parts) == 2 and all(Path(p).suffix.lower() in IMAGE_SUFFIXES for p in parts):
+        text = parts[0]
+    name = Path(text).name
+    return Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name
+
+
 def read_split_file(path: Path) -> list[str]:
     """Sample ids, one a line. Also accepts `JPEGImages/x.jpg SegmentationClassAug/x.png` lines."""
     require_path(path, "split file")
-    names = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
+    names = [_split_line_name(line) for line in read_text_lines(path, "split file") if line.strip()]
     if not names:
         raise DatasetError(f"split file is empty: {path} ({README_HINT})")
     return names
@@ -155,24 +196,56 @@ class SegmentationDataset(Dataset):
         check_sample(image, mask, self.num_classes, self.ignore_index, self.mask_paths[index])
         return image, mask
 
-    def __getitem__(self, index: int):
-        if not self.skip_bad:
+    def describe(self, index: int) -> str:
+        """The files of sample `index`, for error messages."""
+        image, mask = self.image_paths[index], self.mask_paths[index]
+        return f"image {image}" if image == mask else f"image {image}, mask {mask}"
+
+    def _load_one(self, index: int):
+        """`load(index)` and the transform; whatever goes wrong becomes one DatasetError naming the
+        sample's files, so that the main process and DataLoader workers alike report one line."""
+        try:
             image, mask = self.load(index)
-        else:
-            for attempt in range(len(self)):
-                i = (index + attempt) % len(self)
-                try:
-                    image, mask = self.load(i)
-                    break
-                except DatasetError as e:
-                    self.num_skipped += 1
-                    log.warning("skipped bad sample %s (%d so far in this process): %s",
-                                self.names[i], self.num_skipped, e)
-            else:
-                raise DatasetError(f"no readable sample in this dataset ({README_HINT})")
+        except (DatasetError, MemoryError):
+            raise
+        except Exception as e:  # PIL, numpy, pycocotools, a subclass's reader: the data is at fault
+            raise DatasetError(
+                f"cannot load sample {self.names[index]!r} ({self.describe(index)}): {one_line(e)}"
+            ) from e
         if self.transform is None:
             return image, mask
-        return self.transform(image, mask)
+        try:
+            return self.transform(image, mask)
+        except (DatasetError, MemoryError):
+            raise
+        except Exception as e:  # cv2 / albumentations on an image they cannot handle
+            raise DatasetError(
+                f"cannot transform sample {self.names[index]!r} ({self.describe(index)}, image "
+                f"{image.shape[1]}x{image.shape[0]}): {one_line(e)}"
+            ) from e
+
+    def __getitem__(self, index: int):
+        if not self.skip_bad:
+            return self._load_one(index)
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
+            try:
+                return self._load_one(i)
+            except DatasetError as e:
+                self.num_skipped += 1
+                log.warning("skipped bad sample %s (%d so far in this process): %s",
+                            self.names[i], self.num_skipped, e)
+        raise DatasetError(f"no readable sample in this dataset ({README_HINT})")
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """`Type: message` of an exception on one line (whitespace folded), at most `limit` characters."""
+    kind = type(exc).__qualname__
+    if type(exc).__module__ not in ("builtins", "__main__"):
+        kind = f"{type(exc).__module__}.{kind}"  # struct.error, cv2.error: the module says which
+    text = " ".join(str(exc).split())
+    text = f"{kind}: {text}" if text else kind
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def pair_existing(

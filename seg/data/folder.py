@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from seg.data.base import (
+    IMAGE_SUFFIXES,
     README_HINT,
     DatasetError,
     SegmentationDataset,
@@ -21,8 +22,6 @@ from seg.data.base import (
     read_split_file,
     require_path,
 )
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _by_stem(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
