@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader
 from data_samples import block_mask, random_image, write_voc
 from seg.config import CocoConfig, DatasetConfig
 from seg.data import DatasetError, build_dataset
-from seg.data import base as data_base
 from seg.data.base import SegmentationDataset, read_split_file
 from seg.data.coco import (
     PREPARED_DIR,
@@ -31,6 +30,7 @@ from seg.data.coco import (
     render_mask_file,
     rle_string_counts,
 )
+from seg.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 20, 24
@@ -406,6 +406,12 @@ def test_transform_error_names_the_sample(tmp_path):
         _Failing(tmp_path, KeyError("x"), transform=transform)[1]
     msg = _one_line(e)
     assert "cannot transform sample 'b'" in msg and "16x16" in msg and "!ssize.empty()" in msg
+
+    def misconfigured(image, mask):
+        raise ConfigError("train.crop_size=0 must be positive")
+
+    with pytest.raises(ConfigError, match=r"^train\.crop_size=0 must be positive$"):  # not the sample's fault
+        _Failing(tmp_path, KeyError("x"), transform=misconfigured)[1]
 
 
 def test_worker_error_is_one_line(tmp_path):

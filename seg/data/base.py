@@ -79,7 +79,8 @@ def _split_line_name(line: str) -> str:
 
 
 def read_split_file(path: Path) -> list[str]:
-    """Sample ids, one a line. Also accepts `JPEGImages/x.jpg SegmentationClassAug/x.png` lines."""
+    """Sample ids, one a line of UTF-8 text (ids may contain spaces). Also accepts
+    `JPEGImages/x.jpg SegmentationClassAug/x.png` lines."""
     require_path(path, "split file")
     names = [_split_line_name(line) for line in read_text_lines(path, "split file") if line.strip()]
     if not names:
@@ -206,7 +207,7 @@ class SegmentationDataset(Dataset):
         sample's files, so that the main process and DataLoader workers alike report one line."""
         try:
             image, mask = self.load(index)
-        except (DatasetError, MemoryError):
+        except (SegError, MemoryError):  # one line already; a MemoryError is kept as it is
             raise
         except Exception as e:  # PIL, numpy, pycocotools, a subclass's reader: the data is at fault
             raise DatasetError(
@@ -216,7 +217,7 @@ class SegmentationDataset(Dataset):
             return image, mask
         try:
             return self.transform(image, mask)
-        except (DatasetError, MemoryError):
+        except (SegError, MemoryError):  # one line already; a MemoryError is kept as it is
             raise
         except Exception as e:  # cv2 / albumentations on an image they cannot handle
             raise DatasetError(
