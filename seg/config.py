@@ -229,6 +229,10 @@ class TrainConfig:
     # fine-tuning on trainval at small batch).
     freeze_bn: bool = False
     progress: bool = True  # progress bar
+    # CPU training: intra-op threads. null: as many as cores are free, re-checked every few seconds,
+    # so that training beside other busy processes does not wait on its own descheduled threads
+    # (seg/engine/cpu_share.py); a number fixes it.
+    cpu_threads: Optional[int] = None
 
 
 @dataclass
@@ -298,6 +302,19 @@ class TradeoffConfig:
 
 
 @dataclass
+class TrainBenchConfig:
+    """`tools/benchmark.py train benchmark.train.contention=[none,busy,training]`: the default run's
+    training speed (`python tools/train.py`, data loading included) alone, beside one busy process,
+    and beside a second training, each condition `seconds` long, in turns, `rounds` times."""
+
+    contention: List[str] = field(default_factory=list)  # empty: the step-throughput table instead
+    seconds: float = 40.0  # each condition's duration (the first `warmup_seconds` are not counted)
+    warmup_seconds: float = 12.0
+    rounds: int = 1
+    args: List[str] = field(default_factory=list)  # extra overrides for the training processes
+
+
+@dataclass
 class BenchmarkConfig:
     task: str = "data"  # data | train | eval | latency | tradeoff; `tools/benchmark.py TASK` sets it
     threads: int = 2
@@ -307,6 +324,7 @@ class BenchmarkConfig:
     output: Optional[str] = None  # where to write the JSON result (default: the run directory)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     tradeoff: TradeoffConfig = field(default_factory=TradeoffConfig)
+    train: TrainBenchConfig = field(default_factory=TrainBenchConfig)
 
 
 class ExportFormat(str, Enum):
@@ -450,6 +468,7 @@ def _value_problems(cfg: Any) -> list[str]:
         need(t[key] >= 0, f"train.{key}", "must be >= 0")
     need(t.log_every > 0, "train.log_every", "must be > 0")
     positive_or_none("train.eval_max_images")
+    positive_or_none("train.cpu_threads")
     if t.class_weights is not None:
         need(len(t.class_weights) == m.num_classes, "train.class_weights",
              f"has {len(t.class_weights)} values for {m.num_classes} classes (model.num_classes)")

@@ -43,6 +43,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from seg.config import check_train_config
 from seg.data import build_dataset
 from seg.data.transforms import build_eval_transform, build_train_transform, normalize
+from seg.engine.cpu_share import CpuShare
 from seg.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -149,11 +150,9 @@ def _init_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    # Ctrl-C (and a scheduler's SIGTERM) reach every process of the group: the main process alone
-    # decides how to stop (finish the step, save), then shuts the workers down; workers also end
-    # by themselves when the main process is gone.
+    # Ctrl-C reaches every process of the terminal's group: the main process alone decides how to
+    # stop (finish the step, save), then shuts the workers down (with SIGTERM, which they obey).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _set_determinism(deterministic: bool) -> None:
@@ -724,6 +723,7 @@ def _loop(run: Run) -> None:
     run.started = time.perf_counter()
     window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
     data = batches(run)
+    share = _cpu_threads(run)
     bar = tqdm(total=t.max_iters, initial=run.iteration, desc="train", unit="it", dynamic_ncols=True,
                disable=not (run.main and t.progress))
     redirect = logging_redirect_tqdm() if run.main and t.progress else nullcontext()
@@ -733,6 +733,9 @@ def _loop(run: Run) -> None:
                 images, masks = next(data)
                 loss_value = train_step(run, images, masks)
                 it = run.iteration
+                if share is not None and (threads := share.update()) is not None and run.main:
+                    log.info("CPU: other processes use %.1f of %d cores: %d thread%s", share.others, share.cores,
+                             threads, "s" if threads > 1 else "")
                 window_images += t.batch_size
                 window_loss += loss_value
                 window_count += 1
@@ -758,9 +761,23 @@ def _loop(run: Run) -> None:
                     save(run, is_best)
     finally:
         bar.close()
+        # An exception's traceback can keep the loader alive past this function: stop its workers now.
+        shutdown = getattr(data, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
         del data
         if run.writer is not None:
             run.writer.flush()
+
+
+def _cpu_threads(run: Run) -> Optional[CpuShare]:
+    """On a CPU: the fixed `train.cpu_threads`, or a CpuShare that follows the free cores."""
+    if run.device.type != "cpu":
+        return None
+    if run.cfg.train.cpu_threads is not None:
+        torch.set_num_threads(int(run.cfg.train.cpu_threads))
+        return None
+    return CpuShare()
 
 
 def time_train_steps(model_cfg: DictConfig, train_cfg: DictConfig, crop_size: int, batch_size: int,
