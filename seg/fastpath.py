@@ -11,12 +11,15 @@ The frozen graph is traced once and runs at any input size (sizes are traced as 
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from typing import Any, Optional
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+log = logging.getLogger(__name__)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -68,7 +71,9 @@ class FastModel(nn.Module):
                     warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer warnings
                     traced = torch.jit.trace(self.model, (x,), check_trace=False)
                     self._frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-            except Exception:  # not traceable (or TorchScript gone): the eager fast path still works
+            except Exception as exc:  # not traceable (or TorchScript gone): the eager fast path still works
+                log.warning("fast path: the graph could not be frozen (%s: %s); running the folded model eagerly",
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
                 self.freeze = False
         return self._frozen
 

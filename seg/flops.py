@@ -13,35 +13,43 @@ import torch
 from torch import nn
 
 
+class MultiplyAddCounter:
+    """Counts the multiply-adds of every forward pass of `model` while inside `with`: `total`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.total = 0
+        self._handles: list = []
+
+    def _conv(self, module: nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
+        kh, kw = module.kernel_size
+        self.total += output.numel() * (module.in_channels // module.groups) * kh * kw
+
+    def _linear(self, module: nn.Linear, _inputs: tuple, output: torch.Tensor) -> None:
+        self.total += output.numel() * module.in_features
+
+    def __enter__(self) -> "MultiplyAddCounter":
+        for m in self.model.modules():
+            if isinstance(m, nn.Conv2d):
+                self._handles.append(m.register_forward_hook(self._conv))
+            elif isinstance(m, nn.Linear):
+                self._handles.append(m.register_forward_hook(self._linear))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
 def count_multiply_adds(model: nn.Module, height: int, width: int, in_channels: int = 3) -> int:
     """Multiply-adds of one forward pass of `model` on a 1 x in_channels x H x W input."""
-    total = 0
-
-    def conv_hook(module: nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = module.kernel_size
-        total += output.numel() * (module.in_channels // module.groups) * kh * kw
-
-    def linear_hook(module: nn.Linear, _inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        total += output.numel() * module.in_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-    try:
-        was_training = model.training
-        model.eval()
-        with torch.inference_mode():
-            model(torch.zeros(1, in_channels, height, width))
-        model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+    was_training = model.training
+    model.eval()
+    with MultiplyAddCounter(model) as counter, torch.inference_mode():
+        model(torch.zeros(1, in_channels, height, width))
+    model.train(was_training)
+    return counter.total
 
 
 def scaled_size(input_size: int, scale: float) -> int:

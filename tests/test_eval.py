@@ -114,6 +114,22 @@ def test_evaluate_counts_every_labelled_pixel_once():
     assert limited["num_images"] == 2
 
 
+def test_the_report_counts_the_multiply_adds_of_the_images_evaluated():
+    from seg.flops import count_multiply_adds
+
+    g = torch.Generator().manual_seed(0)
+    items = [(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), torch.zeros(h, w, dtype=torch.long))
+             for h, w in [(40, 60), (33, 21)]]
+    model = small_model()
+    metrics = evaluate(model, ListDataset(items), "imagenet", num_classes=21, scales=[1.0, 0.5], flip=True,
+                       progress=False)
+    expected = 0
+    for h, w in [(40, 60), (33, 21)]:
+        expected += 2 * count_multiply_adds(model, h, w)  # scale 1.0, flipped too
+        expected += 2 * count_multiply_adds(model, int((h - 1) * 0.5) + 1, int((w - 1) * 0.5) + 1)
+    assert metrics["multiply_adds_per_image"] == expected / 2 and metrics["device"] == "cpu"
+
+
 def test_output_stride_switch_at_eval_changes_nothing_but_dilations(tmp_path):
     cfg = config("backbone=mnv3_small", "head=deeplabv3", "dataset.root=" + str(tmp_path / "synthetic"),
                  "dataset.synthetic.num_train=2", "dataset.synthetic.num_val=3", "dataset.synthetic.image_size=64")

@@ -28,7 +28,7 @@ from seg.data.classes import IGNORE_INDEX
 from seg.data.transforms import build_eval_transform, normalize
 from seg.engine.checkpoint import load_segmenter
 from seg.engine.distributed import get_rank, get_world_size, is_main_process
-from seg.flops import count_evaluation, scaled_size
+from seg.flops import MultiplyAddCounter, count_evaluation, scaled_size
 from seg.metrics import ConfusionMatrix
 from seg.viz import confusion_matrix_figure, overlay, save_confusion_matrix_png, save_palette_png
 
@@ -105,6 +105,27 @@ def evaluate(
     matrix = ConfusionMatrix(num_classes, ignore_index, device=device)
     bar = tqdm(loader, desc="eval", unit="img", disable=not (progress and is_main_process()), dynamic_ncols=True)
     seconds, count = 0.0, 0
+    with MultiplyAddCounter(model) as counter:  # what the evaluated images really cost
+        seconds, count = _evaluate_images(model, bar, shard, matrix, device, normalization, scales, flip, pad_to,
+                                          on_prediction)
+    model.train(was_training)
+
+    matrix.all_reduce()
+    totals = torch.tensor([seconds, float(count), float(counter.total)], dtype=torch.float64)
+    if get_world_size() > 1:
+        torch.distributed.all_reduce(totals)
+    metrics = matrix.compute()
+    metrics["num_images"] = int(totals[1].item())
+    metrics["seconds_per_image"] = totals[0].item() / max(1.0, totals[1].item())
+    metrics["multiply_adds_per_image"] = totals[2].item() / max(1.0, totals[1].item())
+    metrics["device"] = torch.device(device).type
+    return metrics
+
+
+def _evaluate_images(model, bar, shard, matrix, device, normalization, scales, flip, pad_to,
+                     on_prediction) -> tuple[float, int]:
+    """The loop of `evaluate`: predictions into `matrix`; returns (seconds, images)."""
+    seconds, count = 0.0, 0
     for position, (image, mask) in enumerate(bar):
         image, mask = image.to(device), mask.to(device)
         start = time.perf_counter()
@@ -123,28 +144,23 @@ def evaluate(
         matrix.update(pred, mask)
         if on_prediction is not None:
             on_prediction(shard.indices[position], image[0].cpu(), pred[0].cpu(), mask[0].cpu())
-    model.train(was_training)
-
-    matrix.all_reduce()
-    totals = torch.tensor([seconds, float(count)], dtype=torch.float64)
-    if get_world_size() > 1:
-        torch.distributed.all_reduce(totals)
-    metrics = matrix.compute()
-    metrics["num_images"] = int(totals[1].item())
-    metrics["seconds_per_image"] = totals[0].item() / max(1.0, totals[1].item())
-    return metrics
+    return seconds, count
 
 
 def _published_row(cfg: DictConfig, metrics: dict, model: nn.Module, checkpoint: Path) -> dict:
-    """The summary in the published DeepLab table's form."""
+    """The summary in the published DeepLab table's form: multiply-adds per image as evaluated
+    (the images' own sizes), and those of the published table's square crop (`flops.input_size`)."""
     output_stride = model.output_stride
-    madds = count_evaluation(model, cfg.flops.input_size, list(cfg.eval.scales), cfg.eval.flip)["madds"]
+    crop = count_evaluation(model, cfg.flops.input_size, list(cfg.eval.scales), cfg.eval.flip)["madds"]
     return {
         "checkpoint": checkpoint.name,
         "eval_os": output_stride,
         "scales": list(cfg.eval.scales),
         "flip": bool(cfg.eval.flip),
-        "multiply_adds": madds,
+        "multiply_adds": metrics["multiply_adds_per_image"],
+        "multiply_adds_crop": crop,
+        "crop_size": int(cfg.flops.input_size),
+        "device": metrics["device"],
         "seconds_per_image": metrics["seconds_per_image"],
         "miou": metrics["miou"],
         "file_mb": checkpoint.stat().st_size / 2**20,
@@ -199,7 +215,8 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path, keep_dataset: bool = Fa
     row = _published_row(cfg, metrics, model, checkpoint)
     class_names = list(dataset_cfg.class_names)
     report = {**metrics, "output_stride": output_stride, "scales": row["scales"], "flip": row["flip"],
-              "checkpoint": str(checkpoint), "multiply_adds": row["multiply_adds"], "class_names": class_names}
+              "checkpoint": str(checkpoint), "multiply_adds": row["multiply_adds"],
+              "multiply_adds_crop": row["multiply_adds_crop"], "class_names": class_names}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     save_confusion_matrix_png(metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
@@ -226,10 +243,12 @@ def format_report(metrics: dict, class_names: Sequence[str], row: dict) -> str:
     scales = ",".join(f"{s:g}" for s in row["scales"])
     lines += [
         "",
-        "| Checkpoint | Eval OS | Eval scales | Flip | Multiply-adds | CPU s | mIoU | File |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| Checkpoint | Eval OS | Eval scales | Flip | Multiply-adds / image | at {row['crop_size']}x{row['crop_size']} | "
+        f"{row['device'].upper()} s / image | mIoU | File |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| {row['checkpoint']} | {row['eval_os']} | {scales} | {'yes' if row['flip'] else 'no'} | "
-        f"{row['multiply_adds'] / 1e9:.2f}B | {row['seconds_per_image']:.3f} | {100 * row['miou']:.2f}% | "
+        f"{row['multiply_adds'] / 1e9:.2f}B | {row['multiply_adds_crop'] / 1e9:.2f}B | {row['seconds_per_image']:.3f} | "
+        f"{100 * row['miou']:.2f}% | "
         f"{row['file_mb']:.1f}MB |",
     ]
     return "\n".join(lines)
