@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from seg.benchmark import TASKS, run_task
+from seg.bench import TASKS, run_task
 from seg.config import register_configs
+from seg.errors import ConfigError
 from test_data_folder import CONF
 
 
@@ -27,5 +28,6 @@ def test_data_task(tmp_path, capsys):
 
 
 def test_unknown_task_lists_the_tasks(tmp_path):
-    with pytest.raises(ValueError, match="tasks: " + ", ".join(sorted(TASKS))):
+    with pytest.raises(ConfigError, match="tasks: " + ", ".join(sorted(TASKS))) as raised:
         run_task(_cfg(tmp_path, "benchmark.task=nope"))
+    assert "\n" not in str(raised.value)

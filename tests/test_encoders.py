@@ -253,7 +253,7 @@ def test_separable_layer_worked_example():
 
 
 def test_tradeoff_task_writes_plot_json_and_table(tmp_path):
-    from seg.benchmark import run_task
+    from seg.bench import run_task
 
     cfg = compose_cfg("benchmark.task=tradeoff", "benchmark.warmup=0", "benchmark.runs=1",
                       "benchmark.tradeoff.mnv1_multipliers=[0.25]", "benchmark.tradeoff.mnv1_sizes=[32,48]",

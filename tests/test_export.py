@@ -302,7 +302,7 @@ def test_upsample_argmax_in_strips_matches_one_interpolate(monkeypatch):
 
 
 def test_latency_task_runs_and_reports_the_targets(tmp_path, capsys):
-    from seg.benchmark import run_task
+    from seg.bench import run_task
 
     cfg = config(tmp_path, "benchmark.task=latency", "benchmark.warmup=1", "benchmark.runs=2",
                  "benchmark.latency.models=[mnv2_dm05+aspp_lite]", "benchmark.latency.input_size=33",
@@ -325,7 +325,7 @@ def test_latency_task_runs_and_reports_the_targets(tmp_path, capsys):
 def test_latency_rows_for_trained_checkpoints(tmp_path, capsys):
     """benchmark.latency.checkpoints: the checkpoint's own weights and dataset, and its int8
     agreement is the one the target reads."""
-    from seg.benchmark import run_task
+    from seg.bench import run_task
 
     ckpt, model, _ = checkpoint(tmp_path, "mnv3_small", "lraspp")
     cfg = config(tmp_path, "benchmark.task=latency", "benchmark.warmup=1", "benchmark.runs=2",

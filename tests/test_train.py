@@ -287,7 +287,7 @@ def test_the_default_run_uses_the_built_in_dataset_settings():
 
 
 def test_benchmark_train_task_reports_images_per_second(synth_root, capsys):
-    from seg.benchmark import run_task
+    from seg.bench import run_task
 
     cfg = make_cfg(tiny(synth_root, "benchmark.task=train", "flops.input_size=65", "train.batch_size=2",
                         "benchmark.warmup=0", "benchmark.runs=1", "benchmark.threads=1"))

@@ -1,7 +1,10 @@
-"""Benchmarks; the first word names the task (tasks: seg/benchmark.py).
+"""Benchmarks; the first word names the task (data, train, eval, latency, tradeoff: seg/bench/).
 
-    python tools/benchmark.py data                      # loader images/s for 0, 1, 2 workers
+    python tools/benchmark.py data                      # training loader images/s for 0, 1, 2 workers
     python tools/benchmark.py data benchmark.workers=[0,4] train.crop_size=321 dataset=voc_aug
+    python tools/benchmark.py train benchmark.runs=5 benchmark.warmup=1   # training step images/s per model
+    python tools/benchmark.py train benchmark.train.contention=[none,busy,training]  # the default run beside others
+    python tools/benchmark.py eval                      # single-scale vs multi-scale + flip evaluation speed
     python tools/benchmark.py tradeoff                  # encoders: latency vs multiply-adds, plot + table
     python tools/benchmark.py latency                   # deploy: our models and peers, eager / fast / ONNX Runtime fp32, int8
     python tools/benchmark.py latency benchmark.latency.checkpoints=[outputs/.../checkpoints/best.pt]
@@ -20,7 +23,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from seg.benchmark import run_task
+from seg.bench import run_task
 from seg.cli import launch, one_line_errors
 from seg.config import check_config, register_configs
 

@@ -15,9 +15,7 @@ multiply-adds / median latency.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -27,8 +25,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from seg.bench.timing import eager_call, ort_fp32_session, ort_version, time_call, time_in_turns
+from seg.errors import ConfigError
+from seg.fastpath import fast_model
 from seg.flops import count_multiply_adds
-from seg.fastpath import fast_model, fold_batchnorm
 
 MODES = ("eager", "fast", "ort_fp32", "ort_int8")
 
@@ -111,18 +111,6 @@ SPECS = [
 ]
 
 
-def time_call(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:
-    """Median and p90 wall time of `fn` in milliseconds, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - start))
-    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)), "runs": runs}
-
-
 def measure_peak(threads: int, runs: int, workdir: Path) -> dict[str, Any]:
     """GFLOP/s of a 2048^3 fp32 matmul (torch) and of a 1x1 conv, 256 -> 256 channels on 128x128
     (torch channels_last and ONNX Runtime): what this CPU sustains on dense work."""
@@ -175,25 +163,6 @@ def checkpoint_spec(path: str, index: int) -> Spec:
     normalization = getattr(stored.model.normalization, "value", stored.model.normalization)
     return Spec(f"trained {index}: {arch} + {head}", lambda: model, checkpoint=str(path),
                 normalization=str(normalization), dataset=stored.dataset)
-
-
-def eager_call(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-    """`model(x)` as PyTorch's default eager inference runs it (no autograd)."""
-
-    def call() -> Any:
-        with torch.no_grad():
-            return model(x)
-
-    return call
-
-
-def ort_fp32_session(model: nn.Module, x: torch.Tensor, workdir: Path, threads: int) -> tuple[Path, Any]:
-    """`model`, batch norm folded, exported to a new file in `workdir`, and an ONNX Runtime session
-    on it that does not spin-wait: the benchmarks' sessions take turns."""
-    from seg.export.onnx import OnnxRunner, export_onnx
-
-    path = export_onnx(fold_batchnorm(model), workdir / f"{len(list(workdir.iterdir()))}.onnx", x)
-    return path, OnnxRunner(path, threads, spinning=False)
 
 
 def _real_inputs(dataset_cfg: Any, split: str, count: int, size: int, normalization: str = "imagenet") -> list[np.ndarray]:
@@ -269,47 +238,27 @@ def _prepare_model(spec: Spec, cfg: Any, workdir: Path, images: Callable[[Spec, 
     return row, calls
 
 
-def _time_round_robin(prepared: list[tuple[dict, dict]], warmup: int, runs: int) -> None:
-    """Time every (model, mode) call in turns, one call each per round, so that a change in the
-    machine's load during the run hits every entry alike; fills each row's per-mode statistics."""
-    for _, calls in prepared:
-        for call in calls.values():
-            for _ in range(warmup):
-                call()
-    times: dict[tuple[int, str], list[float]] = {}
-    for _ in range(runs):
-        for i, (_, calls) in enumerate(prepared):
-            for mode, call in calls.items():
-                start = time.perf_counter()
-                call()
-                times.setdefault((i, mode), []).append(1000 * (time.perf_counter() - start))
-    for i, (row, calls) in enumerate(prepared):
-        for mode in calls:
-            t = times[(i, mode)]
-            row[mode] = {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90)), "runs": len(t),
-                         "gflops": 2 * row["multiply_adds"] / statistics.median(t) / 1e6}
-
-
-def run_latency(cfg: Any) -> dict[str, Any]:
-    """Run the benchmark as `cfg.benchmark` says; prints the table and returns the JSON dict."""
+def benchmark_latency(cfg: Any) -> dict[str, Any]:
+    """Batch-1 CPU latency of our models and their peers: eager, fast path, ONNX Runtime fp32/int8
+    (options under `benchmark.latency`); prints the table and returns the JSON dict."""
     b, lat = cfg.benchmark, cfg.benchmark.latency
     unknown = set(lat.modes) - set(MODES)
     if unknown:
-        raise ValueError(f"unknown benchmark.latency.modes {sorted(unknown)}: expected some of {', '.join(MODES)}")
+        raise ConfigError(f"unknown benchmark.latency.modes {sorted(unknown)}: expected some of {', '.join(MODES)}")
     if b.runs < 20:
         print(f"note: benchmark.runs={b.runs}; the published figures use at least 20")
     torch.set_num_threads(b.threads)
     specs = [s for s in SPECS if lat.models is None or s.name in lat.models]
     if lat.models is not None and len(specs) != len(lat.models):
         known = ", ".join(s.name for s in SPECS)
-        raise ValueError(f"unknown name in benchmark.latency.models {list(lat.models)}: known: {known}")
+        raise ConfigError(f"unknown name in benchmark.latency.models {list(lat.models)}: known: {known}")
     specs += [checkpoint_spec(path, i + 1) for i, path in enumerate(lat.checkpoints)]  # a bad path fails first
     skipped: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         peak = measure_peak(b.threads, lat.peak_runs, workdir)
         if lat.calibration_images < 2:
-            raise ValueError("benchmark.latency.calibration_images must be at least 2 (batch-norm statistics)")
+            raise ConfigError("benchmark.latency.calibration_images must be at least 2 (batch-norm statistics)")
         cache: dict[tuple, list] = {}
 
         def images(spec: Spec, split: str, size: int) -> list:
@@ -328,22 +277,16 @@ def run_latency(cfg: Any) -> dict[str, Any]:
             print(f"preparing {spec.name} ...", flush=True)
             prepared.append(_prepare_model(spec, cfg, workdir, images))
         print(f"timing {len(prepared)} models x {len(lat.modes)} modes, {b.runs} rounds ...", flush=True)
-        _time_round_robin(prepared, b.warmup, b.runs)
+        time_in_turns(prepared, b.warmup, b.runs)
         rows = [row for row, _ in prepared]
     dataset = getattr(cfg.dataset.name, "value", cfg.dataset.name)
     result = {"task": "latency", "threads": b.threads, "warmup": b.warmup, "runs": b.runs,
-              "torch": torch.__version__, "onnxruntime": _ort_version(), "dataset": dataset,
+              "torch": torch.__version__, "onnxruntime": ort_version(), "dataset": dataset,
               "peak": peak, "results": rows, "skipped": skipped}
     result["targets"] = targets(result)
     print()
     print(format_table(result))
     return result
-
-
-def _ort_version() -> str:
-    import onnxruntime
-
-    return onnxruntime.__version__
 
 
 def _ms(row: dict, mode: str) -> Optional[float]:
