@@ -8,22 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from seg.bench.timing import timed_runs
 from seg.data import build_dataset
 from seg.data.transforms import build_train_transform
-from seg.engine.sampling import SeededSamples, SeededTransform, TrainBatchSampler
-from seg.engine.trainer import _device, _init_worker
-
-
-def training_loader(dataset: Dataset, transform: SeededTransform, batch_size: int, seed: int, workers: int,
-                    pin_memory: bool) -> DataLoader:
-    """The loader of `seg.engine.trainer.batches` for one process from the start of the data:
-    endless batches."""
-    return DataLoader(SeededSamples(dataset, transform), batch_sampler=TrainBatchSampler(len(dataset), batch_size, seed),
-                      num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
-                      worker_init_fn=_init_worker, generator=torch.Generator().manual_seed(seed))
+from seg.engine.sampling import SeededTransform
+from seg.engine.trainer import pick_device, train_loader
 
 
 def _loader_rate(loader: DataLoader, batch_size: int, warmup: int, runs: int) -> float:
@@ -46,10 +37,10 @@ def benchmark_data(cfg) -> dict[str, Any]:
         t.crop_size, t.scale_min, t.scale_max, t.scale_step, t.flip, cfg.dataset.ignore_index, jitter=t.jitter))
     dataset = build_dataset(cfg.dataset, "train", transform)
     batch = min(t.batch_size, len(dataset))
-    pin_memory = _device(t.device, 0).type == "cuda"
+    pin_memory = pick_device(t.device).type == "cuda"
     rows = []
     for workers in cfg.benchmark.workers:
-        loader = training_loader(dataset, transform, batch, int(t.seed), int(workers), pin_memory)
+        loader = train_loader(dataset, batch, int(t.seed), int(workers), pin_memory)
         rate = _loader_rate(loader, batch, cfg.benchmark.warmup, cfg.benchmark.runs)
         rows.append({"workers": int(workers), "images_per_s": round(rate, 1)})
     name = getattr(cfg.dataset.name, "value", cfg.dataset.name)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seg.bench.timing import timed_runs
 from seg.data import build_dataset
-from seg.engine.trainer import Run, _amp_dtype, _device, build_training, train_step
+from seg.engine.trainer import make_run, pick_device, train_step
 from seg.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]  # tools/ and conf/
@@ -33,20 +33,15 @@ def time_train_steps(model_cfg: DictConfig, train_cfg: DictConfig, crop_size: in
                      warmup: int, runs: int) -> tuple[float, str]:
     """Training images/s of one process on random data: `train_step` without data loading, timed
     over `runs` steps after `warmup`. Returns (images/s, device)."""
-    device = _device(train_cfg.device, 0)
+    device = pick_device(train_cfg.device)
     torch.backends.cudnn.benchmark = True
     cfg = OmegaConf.create({"model": OmegaConf.to_container(model_cfg, resolve=True),
                             "train": OmegaConf.to_container(train_cfg, resolve=True)})
     cfg.train.aux_loss_weight = 0.0
-    model, net, optimizer, scheduler, scaler, loss = build_training(model_cfg, cfg.train, device, 255)
-    net.train()
-    use_amp = bool(train_cfg.amp) and device.type == "cuda"
-    run = Run(cfg=cfg, run_dir=Path("."), rank=0, world_size=1, device=device, train_set=[], val_set=[],
-              model=model, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler, loss=loss,
-              autocast=torch.autocast(device_type=device.type, dtype=_amp_dtype(train_cfg), enabled=use_amp),
-              memory_format=torch.channels_last if (train_cfg.channels_last and device.type == "cuda")
-              else torch.contiguous_format)
-    run.train_net = torch.compile(net) if train_cfg.compile else net
+    run = make_run(cfg, device)
+    run.net.train()
+    if train_cfg.compile:
+        run.train_net = torch.compile(run.net)
     images = torch.randint(0, 256, (batch_size, 3, crop_size, crop_size), dtype=torch.uint8)
     masks = torch.randint(0, int(model_cfg.num_classes), (batch_size, crop_size, crop_size))
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None

@@ -145,7 +145,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _init_worker(worker_id: int) -> None:
+def init_loader_worker(worker_id: int) -> None:
     # torch gives each worker its own seed; numpy and random would otherwise be copies of the parent's.
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
@@ -168,7 +168,7 @@ def _set_determinism(deterministic: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not deterministic
 
 
-def _device(device: str, local_rank: int) -> torch.device:
+def pick_device(device: str, local_rank: int = 0) -> torch.device:
     if device != "auto":
         return torch.device(device)
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -283,6 +283,23 @@ def build_training(model_cfg: DictConfig, train_cfg: DictConfig, device: torch.d
     return model, net, optimizer, scheduler, scaler, loss
 
 
+def make_run(cfg: DictConfig, device: torch.device, run_dir: Path = Path("."), train_set: Any = (),
+             val_set: Any = (), rank: int = 0, world_size: int = 1) -> Run:
+    """A Run of `cfg.model` trained as `cfg.train` says, on `device`: model, optimizer, schedule,
+    scaler, loss, autocast and memory format (`set_up` adds the data and the run directory; the
+    training benchmark times `train_step` on one made with no data)."""
+    t = cfg.train
+    ignore_index = int(OmegaConf.select(cfg, "dataset.ignore_index", default=255))
+    model, net, optimizer, scheduler, scaler, loss = build_training(cfg.model, t, device, ignore_index, world_size)
+    cuda = device.type == "cuda"
+    run = Run(cfg=cfg, run_dir=run_dir, rank=rank, world_size=world_size, device=device, train_set=train_set,
+              val_set=val_set, model=model, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+              loss=loss, autocast=torch.autocast(device_type=device.type, dtype=_amp_dtype(t), enabled=bool(t.amp) and cuda),
+              memory_format=torch.channels_last if (t.channels_last and cuda) else torch.contiguous_format)
+    run.train_net = net
+    return run
+
+
 def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
     """Everything a run needs before its first step: processes and devices, the run directory
     (locked), checked settings, data (before the model: a missing dataset fails first), the model,
@@ -294,7 +311,7 @@ def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
     if not main:
         logging.getLogger().setLevel(logging.WARNING)  # one voice: rank 0's
     check_train_config(cfg, world_size)
-    device = _device(t.device, local_rank)
+    device = pick_device(t.device, local_rank)
     _set_determinism(t.deterministic)
 
     # Files first: a missing checkpoint, or a run directory in use, fails before anything heavy.
@@ -319,19 +336,12 @@ def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
 
         # The same initial weights on every rank (seeded); per-rank seeds (dropout) come later.
         _seed_everything(t.seed)
-        model, net, optimizer, scheduler, scaler, loss = build_training(
-            cfg.model, t, device, int(cfg.dataset.ignore_index), world_size)
+        run = make_run(cfg, device, run_dir, train_set, val_set, rank, world_size)
+        run.resume_path, run.init_path, run.lock = resume_path, init_path, lock
         if main:
             log.info("model: %s + %s, output stride %d, %.2fM parameters",
                      cfg.model.backbone._target_.rsplit(".", 1)[-1], cfg.model.head._target_.rsplit(".", 1)[-1],
-                     cfg.model.output_stride, sum(p.numel() for p in model.parameters()) / 1e6)
-        use_amp = bool(t.amp) and device.type == "cuda"
-        memory_format = torch.channels_last if (t.channels_last and device.type == "cuda") else torch.contiguous_format
-        run = Run(cfg=cfg, run_dir=run_dir, rank=rank, world_size=world_size, device=device,
-                  train_set=train_set, val_set=val_set, model=model, net=net, optimizer=optimizer,
-                  scheduler=scheduler, scaler=scaler, loss=loss,
-                  autocast=torch.autocast(device_type=device.type, dtype=_amp_dtype(t), enabled=use_amp),
-                  memory_format=memory_format, resume_path=resume_path, init_path=init_path, lock=lock)
+                     cfg.model.output_stride, sum(p.numel() for p in run.model.parameters()) / 1e6)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -475,21 +485,28 @@ def restore(run: Run) -> None:
         run.writer = SummaryWriter(str(run.run_dir), purge_step=run.iteration if run.iteration else None)
 
 
+def train_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, pin_memory: bool = False,
+                 rank: int = 0, world_size: int = 1, start: tuple[int, int] = (0, 0)) -> DataLoader:
+    """Endless training batches of `dataset` (built with a SeededTransform) for one rank, from
+    (epoch, batch) `start`: the order and every sample's augmentation depend only on the seed."""
+    try:
+        sampler = TrainBatchSampler(len(dataset), batch_size, seed, rank, world_size, *start)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+    return DataLoader(
+        SeededSamples(dataset, dataset.transform), batch_sampler=sampler, num_workers=workers,
+        pin_memory=pin_memory, persistent_workers=workers > 0, worker_init_fn=init_loader_worker,
+        # Its own generator, so starting the loader never draws from the global RNG (exact resume).
+        generator=torch.Generator().manual_seed(seed + rank),
+    )
+
+
 def batches(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless training batches from the data position the run is at."""
     t = run.cfg.train
-    try:
-        run.sampler = TrainBatchSampler(len(run.train_set), t.batch_size, t.seed, run.rank, run.world_size,
-                                        *run.sampler_start)
-    except ValueError as e:
-        raise TrainingError(str(e)) from None
-    workers = int(run.cfg.dataset.num_workers)
-    loader = DataLoader(
-        SeededSamples(run.train_set, run.train_set.transform), batch_sampler=run.sampler, num_workers=workers,
-        pin_memory=run.device.type == "cuda", persistent_workers=workers > 0, worker_init_fn=_init_worker,
-        # Its own generator, so starting the loader never draws from the global RNG (exact resume).
-        generator=torch.Generator().manual_seed(t.seed + run.rank),
-    )
+    loader = train_loader(run.train_set, t.batch_size, t.seed, int(run.cfg.dataset.num_workers),
+                          run.device.type == "cuda", run.rank, run.world_size, run.sampler_start)
+    run.sampler = loader.batch_sampler
     return iter(loader)
 
 
@@ -778,35 +795,3 @@ def _cpu_threads(run: Run) -> Optional[CpuShare]:
         torch.set_num_threads(int(run.cfg.train.cpu_threads))
         return None
     return CpuShare()
-
-
-def time_train_steps(model_cfg: DictConfig, train_cfg: DictConfig, crop_size: int, batch_size: int,
-                     warmup: int, runs: int) -> tuple[float, str]:
-    """Training images/s of one process on random data: `train_step` without data loading, timed
-    over `runs` steps after `warmup` (`tools/benchmark.py train`). Returns (images/s, device)."""
-    device = _device(train_cfg.device, 0)
-    torch.backends.cudnn.benchmark = True
-    cfg = OmegaConf.create({"model": OmegaConf.to_container(model_cfg, resolve=True),
-                            "train": OmegaConf.to_container(train_cfg, resolve=True)})
-    cfg.train.aux_loss_weight = 0.0
-    model, net, optimizer, scheduler, scaler, loss = build_training(model_cfg, cfg.train, device, 255)
-    net.train()
-    use_amp = bool(train_cfg.amp) and device.type == "cuda"
-    run = Run(cfg=cfg, run_dir=Path("."), rank=0, world_size=1, device=device, train_set=[], val_set=[],
-              model=model, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler, loss=loss,
-              autocast=torch.autocast(device_type=device.type, dtype=_amp_dtype(train_cfg), enabled=use_amp),
-              memory_format=torch.channels_last if (train_cfg.channels_last and device.type == "cuda")
-              else torch.contiguous_format)
-    run.train_net = torch.compile(net) if train_cfg.compile else net
-    images = torch.randint(0, 256, (batch_size, 3, crop_size, crop_size), dtype=torch.uint8)
-    masks = torch.randint(0, int(model_cfg.num_classes), (batch_size, crop_size, crop_size))
-    seconds = []
-    for i in range(warmup + runs):
-        start = time.perf_counter()
-        train_step(run, images, masks)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            seconds.append(time.perf_counter() - start)
-    # The median step: robust to the odd slow step on a shared machine.
-    return batch_size / float(np.median(seconds)), str(device)
