@@ -112,6 +112,7 @@ def test_onnx_export_matches_pytorch_for_every_head(tmp_path, head):
     assert meta["checkpoint"]["sha256"] == file_sha256(ckpt) == props["checkpoint_sha256"]
     assert meta["final_resize"] == "matmul" and meta["opset"] == opset
     assert read_metadata(path) == meta
+    assert json.loads(props["seg"]) == meta and meta["check"]["agreement"] >= 0.999  # inside == beside
 
 
 def test_dynamic_export_runs_at_any_size(tmp_path):
@@ -242,6 +243,7 @@ def test_torchscript_round_trip(tmp_path):
             torch.testing.assert_close(loaded(x), model(x), atol=1e-4, rtol=1e-4)
     extra = {"seg.json": ""}
     torch.jit.load(report["path"], _extra_files=extra)
+    assert json.loads(extra["seg.json"]) == read_metadata(report["path"])  # check results included
     assert json.loads(extra["seg.json"])["format"] == "torchscript"
 
 

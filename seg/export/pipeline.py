@@ -75,6 +75,23 @@ def _check_destination(path: Path, checkpoint: Path, overwrite: bool) -> None:
         refuse_overwrite(target, "export.path", overwrite, what="file (export.path and its metadata JSON)")
 
 
+def _embed_metadata(built: Path, fmt: str, metadata: dict[str, Any]) -> None:
+    """The final metadata (check results included) inside the file, where the format has room:
+    ONNX metadata_props, TorchScript's `seg.json` extra file. TF Lite keeps it beside only."""
+    if fmt == "onnx":
+        import onnx
+
+        from seg.export.onnx import set_onnx_metadata
+
+        proto = onnx.load(str(built))
+        set_onnx_metadata(proto, metadata)
+        onnx.save_model(proto, str(built), save_as_external_data=False)
+    elif fmt == "torchscript":
+        from seg.export.torchscript import set_torchscript_metadata
+
+        set_torchscript_metadata(built, metadata)
+
+
 def _move_into_place(built: Path, path: Path) -> None:
     """Copy a finished, checked file from the work folder beside its destination, then rename it
     over the destination: the destination is either the old file or the whole new one."""
@@ -166,10 +183,10 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
         if quantize:
             report.update(_quantize(cfg, dataset_cfg, stored, metadata, fp32_path, built, runner, reference, inputs,
                                     valid, prepare, destination=path))
+        metadata["check"] = report.get("int8_check", report["check"])
+        metadata["check"]["images"] = len(inputs)
+        _embed_metadata(built, fmt, metadata)  # the file alone says the same as the JSON beside it
         _move_into_place(built, path)
-
-    metadata["check"] = report.get("int8_check", report["check"])
-    metadata["check"]["images"] = len(inputs)
     write_metadata(path, metadata)
     size_mb = path.stat().st_size / 2**20
     size_text = "dynamic" if e.dynamic else f"{e.input_size}x{e.input_size}"

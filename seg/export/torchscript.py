@@ -46,3 +46,11 @@ class TorchScriptRunner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self.module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
+def set_torchscript_metadata(path: str | os.PathLike, metadata: dict[str, Any]) -> None:
+    """Replace the `seg.json` extra file of a TorchScript file this process has just written."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu")
+        torch.jit.save(module, str(path), _extra_files={"seg.json": json.dumps(metadata)})
