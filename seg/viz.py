@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
-from typing import Sequence
+import struct
+import zlib
+from typing import BinaryIO, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
 
 from seg.data.classes import IGNORE_INDEX, voc_palette
+from seg.errors import SegError
 
 _PALETTE = voc_palette(256)
+# Pixels per strip when a full-size mask or overlay is processed in strips of rows (the floats of
+# one overlay strip: 12 bytes a pixel, 12 MB).
+_STRIP_PIXELS = 1 << 20
 
 
 def _index_mask(mask: np.ndarray) -> np.ndarray:
@@ -32,27 +37,104 @@ def colorize(mask: np.ndarray) -> np.ndarray:
     return _PALETTE[_index_mask(mask)]
 
 
-def save_palette_png(mask: np.ndarray, path: str | os.PathLike) -> None:
-    """Write an HxW index mask as a 'P'-mode PNG with the VOC palette, like SegmentationClass."""
+def save_palette_png(mask: np.ndarray, path: str | os.PathLike | BinaryIO) -> None:
+    """Write an HxW index mask as a 'P'-mode PNG with the VOC palette, like SegmentationClass.
+
+    `path` is a file name or a binary file open for writing. Rows are compressed in strips, so
+    writing holds no copy of the mask (a full-size mask of a very large photo costs nothing more).
+    """
     mask = _index_mask(mask)
-    # frombytes keeps the raw indices; converting an 'L' image to 'P' could remap them.
     h, w = mask.shape
-    img = Image.frombytes("P", (w, h), np.ascontiguousarray(mask).tobytes())
-    img.putpalette(_PALETTE.reshape(-1).tolist())
-    img.save(path)
+    if h == 0 or w == 0:
+        raise ValueError(f"cannot write an empty mask (shape {mask.shape})")
+    if not hasattr(path, "write"):
+        with open(path, "wb") as f:
+            save_palette_png(mask, f)
+        return
+    f = path
+    f.write(b"\x89PNG\r\n\x1a\n")
+    # 8-bit indexed colour, no interlacing; the raw indices go in as they are.
+    f.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0)))
+    f.write(_png_chunk(b"PLTE", _PALETTE.tobytes()))
+    deflate = zlib.compressobj(6)
+    rows = max(1, _STRIP_PIXELS // (w + 1))
+    block = np.zeros((min(rows, h), w + 1), dtype=np.uint8)  # each row: filter byte 0 (none), indices
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        part = block[: r1 - r0]
+        part[:, 1:] = mask[r0:r1]
+        data = deflate.compress(part)
+        if data:
+            f.write(_png_chunk(b"IDAT", data))
+    f.write(_png_chunk(b"IDAT", deflate.flush()))
+    f.write(_png_chunk(b"IEND", b""))
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend VOC colours of ``mask`` onto an HxWx3 uint8 RGB image; ignore pixels stay unblended."""
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, out: np.ndarray | None = None) -> np.ndarray:
+    """Blend VOC colours of ``mask`` onto an HxWx3 uint8 RGB image; ignore pixels stay unblended.
+
+    Computed in strips of rows, so only one strip is ever held as floats. ``out`` (HxWx3 uint8)
+    receives the result; it may be ``image`` itself, or a view of it such as ``image[..., ::-1]``
+    (the result in BGR order in the image's own memory), as each strip is read before it is
+    written. Returns ``out`` (a new array when not given).
+    """
     image = np.asarray(image)
     mask = _index_mask(mask)
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != mask.shape:
         raise ValueError(f"need HxWx3 image and HxW mask, got {image.shape} and {mask.shape}")
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colorize(mask).astype(np.float32)
-    out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    ignore = mask == IGNORE_INDEX
-    out[ignore] = image[ignore]
+    if out is None:
+        out = np.empty(image.shape, dtype=np.uint8)
+    elif out.shape != image.shape or out.dtype != np.uint8:
+        raise ValueError(f"out must be a uint8 array of shape {image.shape}, got {out.dtype} {out.shape}")
+    h, w = mask.shape
+    rows = max(1, _STRIP_PIXELS // max(w, 1))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        part, labels = image[r0:r1], mask[r0:r1]
+        blended = (1.0 - alpha) * part.astype(np.float32) + alpha * colorize(labels).astype(np.float32)
+        strip = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        ignore = labels == IGNORE_INDEX
+        strip[ignore] = part[ignore]
+        out[r0:r1] = strip
     return out
+
+
+# JPEG's limit on either side.
+JPEG_MAX_SIDE = 65535
+
+
+class ImageWriteError(SegError, OSError):
+    """An image file that the encoder could not write (the message names it)."""
+
+
+def save_overlay_jpeg(image: np.ndarray, mask: np.ndarray, path: str | os.PathLike, alpha: float = 0.5,
+                      quality: int = 90, reuse_image: bool = False) -> None:
+    """Write :func:`overlay` of ``image`` and ``mask`` as a JPEG at ``path`` (whose name must end in
+    .jpg or .jpeg). The overlay is computed in strips and the encoder reads it row by row; with
+    ``reuse_image`` the overlay is built in the image's own memory (the image is overwritten), so a
+    very large photo needs no second full-size buffer.
+
+    Raises ImageWriteError naming ``path`` when the encoder cannot write it.
+    """
+    import cv2
+
+    image = np.asarray(image)
+    if max(image.shape[:2]) > JPEG_MAX_SIDE:
+        raise ImageWriteError(f"cannot write {path}: JPEG allows at most {JPEG_MAX_SIDE} pixels a side")
+    if reuse_image and not (image.dtype == np.uint8 and image.flags.c_contiguous and image.flags.writeable):
+        reuse_image = False
+    bgr = image if reuse_image else np.empty(image.shape, dtype=np.uint8)
+    overlay(image, mask, alpha, out=bgr[..., ::-1])  # OpenCV encodes BGR
+    try:
+        ok = cv2.imwrite(os.fspath(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    except cv2.error as exc:
+        raise ImageWriteError(f"cannot write {path}: {str(exc).strip().splitlines()[-1]}") from None
+    if not ok:
+        raise ImageWriteError(f"cannot write {path}: the JPEG encoder failed (disk full, or not writable?)")
 
 
 def confusion_matrix_figure(matrix: Sequence[Sequence[float]] | np.ndarray,

@@ -135,3 +135,115 @@ def test_predict_refuses_a_missing_input_or_two_models(ckpt, tmp_path):
                  f"predict.output={tmp_path / 'o'}")  # fmt: skip
     with pytest.raises(PredictError, match="exactly one"):
         run_predict(cfg, log=lambda _: None)
+
+
+def test_exif_orientation_and_the_direct_jpeg_path_read_what_pil_shows(tmp_path, monkeypatch):
+    import seg.predict as predict
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        for name, pixels in (("rgb", rgb), ("gray", rgb[..., 0])):
+            path = tmp_path / f"{name}{orientation}.jpg"
+            Image.fromarray(pixels).save(path, exif=exif.tobytes(), quality=90)
+            with Image.open(path) as img:
+                expected = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+            for direct in (False, True):  # through PIL, or decoded by OpenCV (a large JPEG)
+                monkeypatch.setattr(predict, "_DIRECT_JPEG_PIXELS", 0 if direct else 1 << 40)
+                got = read_image(path)
+                assert got.flags.c_contiguous and np.array_equal(got, expected), (name, orientation, direct)
+    # A truncated JPEG is refused on the direct path too (OpenCV alone would fill it with gray).
+    whole = (tmp_path / "rgb1.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    monkeypatch.setattr(predict, "_DIRECT_JPEG_PIXELS", 0)
+    with pytest.raises(ImageReadError, match="cut.jpg"):
+        read_image(tmp_path / "cut.jpg")
+
+
+def test_images_convert_the_same_in_strips(tmp_path, monkeypatch):
+    import seg.predict as predict
+
+    folder = odd_images(tmp_path / "in")
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 4), dtype=np.uint8)).convert("CMYK").save(folder / "cmyk.jpg")
+    pal = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).convert("P")
+    pal.info["transparency"] = 3
+    pal.save(folder / "pal.png", transparency=3)
+    Image.fromarray(rng.integers(0, 256, (30, 40, 2), dtype=np.uint8), "LA").save(folder / "la.png")
+    names = ["gray.png", "rgba.png", "gray16.png", "rgb16.png", "rotated.jpg", "cmyk.jpg", "pal.png", "la.png"]
+    whole = {name: read_image(folder / name) for name in names}
+    monkeypatch.setattr(predict, "_STRIP_PIXELS", 50)  # one row (or one pixel) a strip
+    for name in names:
+        assert np.array_equal(read_image(folder / name), whole[name]), name
+
+
+def test_upsample_through_the_model_size_in_strips():
+    import torch.nn.functional as F
+
+    import seg.export.runtime as runtime
+    from seg.export.runtime import upsample_argmax
+
+    torch.manual_seed(0)
+    cases = [(5, 13, 17, (40, 52), 101, 77, 5 * 77 * 7), (21, 9, 11, (64, 88), 301, 413, 1 << 14),
+             (3, 6, 7, (30, 35), 97, 1000, 500)]  # the last: one row over the budget, in pieces  # fmt: skip
+    original = runtime._STRIP_ELEMENTS
+    try:
+        for c, h, w, mid, height, width, strip in cases:
+            for align_corners in (False, True):
+                low = torch.randn(c, h, w)
+                at_mid = F.interpolate(low[None], size=mid, mode="bilinear", align_corners=align_corners)
+                full = F.interpolate(at_mid, size=(height, width), mode="bilinear", align_corners=False)
+                expected = full[0].argmax(0).numpy()
+                runtime._STRIP_ELEMENTS = strip
+                got = upsample_argmax(low, height, width, via=(*mid, align_corners))
+                assert got.dtype == np.uint8 and (got == expected).mean() > 0.999
+                assert (upsample_argmax(at_mid[0], height, width) == expected).mean() > 0.999
+    finally:
+        runtime._STRIP_ELEMENTS = original
+
+
+def test_a_large_image_predicts_what_the_model_predicts_at_its_size(ckpt):
+    import torch.nn.functional as F
+
+    from seg.data.transforms import normalize
+    from seg.export.runtime import TorchPredictor, resize_image
+    from seg.fastpath import fast_model
+
+    _, _, model = ckpt
+    image = np.random.default_rng(4).integers(0, 256, (150, 230, 3), dtype=np.uint8)
+    scaled = resize_image(image, 65, 100)  # max_size 100
+    with torch.no_grad():
+        logits = model(normalize(torch.from_numpy(scaled).permute(2, 0, 1)[None], "imagenet"))
+    expected = F.interpolate(logits, size=(150, 230), mode="bilinear", align_corners=False)[0].argmax(0).numpy()
+    for net in (model, fast_model(model)):
+        got = TorchPredictor(net, "imagenet", max_size=100)(image)
+        assert got.shape == (150, 230) and (got == expected).mean() >= 0.999
+
+
+def test_overlay_and_palette_png_in_strips(tmp_path, monkeypatch):
+    import seg.viz as viz
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (23, 31, 3), dtype=np.uint8)
+    labels = rng.integers(0, 21, (23, 31)).astype(np.uint8)
+    labels[3] = 255
+    whole = viz.overlay(image, labels, 0.4)
+    viz.save_palette_png(labels, tmp_path / "whole.png")
+    monkeypatch.setattr(viz, "_STRIP_PIXELS", 40)  # one row a strip, one IDAT chunk each
+    assert np.array_equal(viz.overlay(image, labels, 0.4), whole)
+    in_place = image.copy()
+    viz.overlay(in_place, labels, 0.4, out=in_place[..., ::-1])  # BGR, in the image's own memory
+    assert np.array_equal(in_place[..., ::-1], whole)
+    viz.save_palette_png(labels, tmp_path / "strips.png")
+    for name in ("whole.png", "strips.png"):
+        mask = Image.open(tmp_path / name)
+        assert mask.mode == "P" and np.array_equal(np.asarray(mask), labels)
+    kept = image.copy()
+    viz.save_overlay_jpeg(image, labels, tmp_path / "o.jpg", 0.4, quality=90)
+    assert np.array_equal(image, kept)  # the image is left as it was (without reuse_image)
+    Image.fromarray(whole).save(tmp_path / "pil.jpg", quality=90)  # the JPEG predict used to write
+    written, pil = (np.asarray(Image.open(tmp_path / name)).astype(int) for name in ("o.jpg", "pil.jpg"))
+    assert np.abs(written - pil).mean() < 1

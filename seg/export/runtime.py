@@ -4,12 +4,18 @@ exported file (ONNX, TorchScript, TFLite). Shared by predict and by the export c
 A static-size model sees the image letterboxed: scaled down so its longer side fits (never
 up), padded bottom/right with the mean colour (DeepLab's evaluation pads the same way); the
 output is cropped back and resized to the image. Logits are resized bilinearly before the argmax,
-in strips of rows, so a very large image never holds full-size logits in memory.
+in strips of rows, so a very large image never holds full-size logits in memory; a checkpoint's
+segmenter hands over its logits before its own final resize, which the strips apply too, so not
+even max_size^2 x classes floats are held.
+
+A model file given in the wrong place is told apart by its bytes (`sniff_model_file`), never by
+loading it: a training checkpoint where an exported model belongs is refused in one line.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -53,27 +59,83 @@ def letterbox(image: np.ndarray, size: int, pad_value: tuple[int, int, int]) -> 
     return canvas, (h, w)
 
 
-def upsample_argmax(logits: torch.Tensor, height: int, width: int) -> np.ndarray:
+def _source_lines(
+    out_size: int, in_size: int, align_corners: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each output row (or column) of a bilinear resize from `in_size` to `out_size` (as
+    F.interpolate computes it): the two source lines and the weight of the second."""
+    index = torch.arange(out_size, dtype=torch.float64)
+    if align_corners:
+        src = index * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+    else:
+        src = ((index + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    low = src.floor().long().clamp(max=in_size - 1)
+    high = (low + 1).clamp(max=in_size - 1)
+    return low, high, (src - low).float()
+
+
+def _source_rows(logits: torch.Tensor, via: Optional[tuple[int, int, bool]]) -> Callable[[int, int], torch.Tensor]:
+    """rows(m0, m1): rows m0..m1-1 of the logits to resize: `logits` themselves, or with `via`
+    = (h, w, align_corners) those of F.interpolate(logits, (h, w)), computed for those rows only."""
+    if via is None:
+        return lambda m0, m1: logits[:, m0:m1]
+    mid_h, mid_w, corners = via
+    top, bottom, weight = _source_lines(mid_h, logits.shape[1], corners)
+
+    def rows(m0: int, m1: int) -> torch.Tensor:
+        a, b = logits[:, top[m0:m1]], logits[:, bottom[m0:m1]]
+        part = a + (b - a) * weight[m0:m1].view(1, -1, 1)
+        # The columns by F.interpolate, which leaves the rows as they are (same number of rows).
+        return F.interpolate(part[None], size=(m1 - m0, mid_w), mode="bilinear", align_corners=corners)[0]
+
+    return rows
+
+
+def upsample_argmax(logits: torch.Tensor, height: int, width: int,
+                    via: Optional[tuple[int, int, bool]] = None) -> np.ndarray:
     """argmax over classes of `logits` [C, h, w] resized bilinearly (align_corners=False) to
-    height x width, as uint8; computed in strips of rows with the same weights F.interpolate uses."""
+    height x width, as uint8; computed in strips of rows with the same weights F.interpolate uses
+    (and, when one row of logits at full width is itself over the strip budget, in pieces of rows).
+
+    `via` = (mid_h, mid_w, align_corners): the logits are first resized to mid_h x mid_w (as a
+    model's own final resize does), without ever holding them at that size: each strip computes
+    the rows it needs."""
     c, h, w = logits.shape
     logits = logits.float()
-    if (h, w) == (height, width):
-        return logits.argmax(0).to(torch.uint8).numpy()
-    rows = max(1, _STRIP_ELEMENTS // (c * width))
+    if via is not None and tuple(via[:2]) == (h, w):
+        via = None  # resizing to the same size changes nothing
+    src_h, src_w = (h, w) if via is None else (int(via[0]), int(via[1]))
+    if (src_h, src_w) == (height, width):
+        return _source_rows(logits, via)(0, height).argmax(0).to(torch.uint8).numpy()
+    rows = _STRIP_ELEMENTS // (c * width)
     if rows >= height:
-        full = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)
+        full = F.interpolate(_source_rows(logits, via)(0, src_h)[None], size=(height, width), mode="bilinear",
+                             align_corners=False)  # fmt: skip
         return full[0].argmax(0).to(torch.uint8).numpy()
     # Rows first (source row and weight of each output row), then each strip's columns by
     # F.interpolate, which leaves the strip's rows as they are (scale 1).
-    src = ((torch.arange(height, dtype=torch.float64) + 0.5) * (h / height) - 0.5).clamp(min=0)
-    top = src.floor().long().clamp(max=h - 1)
-    bottom = (top + 1).clamp(max=h - 1)
-    weight = (src - top).float().view(1, -1, 1)
+    source = _source_rows(logits, via)
+    top, bottom, weight = _source_lines(height, src_h)
     out = np.empty((height, width), dtype=np.uint8)
+    if rows == 0:  # an extremely wide image: one output row at a time, its columns in pieces
+        left, right, col_weight = _source_lines(width, src_w)
+        cols = max(1, _STRIP_ELEMENTS // c)
+        for r in range(height):
+            m0 = int(top[r])
+            pair = source(m0, int(bottom[r]) + 1)
+            a, b = pair[:, 0], pair[:, int(bottom[r]) - m0]
+            row = a + (b - a) * weight[r]
+            for c0 in range(0, width, cols):
+                c1 = min(width, c0 + cols)
+                x, y = row[:, left[c0:c1]], row[:, right[c0:c1]]
+                out[r, c0:c1] = (x + (y - x) * col_weight[c0:c1]).argmax(0).to(torch.uint8).numpy()
+        return out
+    weight = weight.view(1, -1, 1)
     for r0 in range(0, height, rows):
         r1 = min(height, r0 + rows)
-        a, b = logits[:, top[r0:r1]], logits[:, bottom[r0:r1]]
+        m0 = int(top[r0])  # the source rows of a strip are contiguous (both indices only grow)
+        part = source(m0, int(bottom[r1 - 1]) + 1)
+        a, b = part[:, top[r0:r1] - m0], part[:, bottom[r0:r1] - m0]
         strip = a + (b - a) * weight[:, r0:r1]
         strip = F.interpolate(strip[None], size=(r1 - r0, width), mode="bilinear", align_corners=False)
         out[r0:r1] = strip[0].argmax(0).to(torch.uint8).numpy()
@@ -96,11 +158,38 @@ class TorchPredictor:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
-        scaled = resize_image(image, *fit_size(height, width, self.max_size))
+        size = fit_size(height, width, self.max_size)
+        scaled = resize_image(image, *size)
         x = normalize(torch.from_numpy(np.ascontiguousarray(scaled)).permute(2, 0, 1)[None], self.normalization)
+        # An image larger than the model's input: the segmenter's logits before its final resize,
+        # which upsample_argmax applies strip by strip (never holding max_size^2 x classes floats).
+        parts = _segmenter_parts(self.model) if size != (height, width) else None
         with torch.inference_mode():
-            logits = self.model(x)
-        return upsample_argmax(logits[0], height, width)
+            if parts is None:
+                logits = self.model(x)
+                return upsample_argmax(logits[0], height, width)
+            low_res, align_corners = parts
+            logits = low_res(x)
+        return upsample_argmax(logits[0], height, width, via=(*size, align_corners))
+
+
+def _segmenter_parts(model: nn.Module) -> Optional[tuple[Callable[[torch.Tensor], torch.Tensor], bool]]:
+    """For a Segmenter, or the fast path of one: the function that gives its logits before the
+    final resize to the input size, and that resize's align_corners. None for any other model."""
+    from seg.fastpath import FastModel
+    from seg.models.segmenter import Segmenter
+
+    fast = isinstance(model, FastModel)
+    inner = model.model if fast else model
+    if not isinstance(inner, Segmenter):
+        return None
+
+    def low_res(x: torch.Tensor) -> torch.Tensor:
+        if fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return inner.head(inner.backbone(x))
+
+    return low_res, bool(inner.align_corners)
 
 
 class ExportedPredictor:
@@ -139,11 +228,60 @@ class ExportedPredictor:
         return upsample_argmax(torch.from_numpy(np.ascontiguousarray(out[:, :h, :w])), height, width)
 
 
+# The start of a torch.save file in the legacy (pre-zip) format: pickle protocol 2, then torch's
+# magic number as a 10-byte long.
+_LEGACY_TORCH_SAVE = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+# Tags of ONNX ModelProto fields that follow ir_version (field 1) in a file written by onnx.
+_ONNX_NEXT_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72}
+EXPORTED_FORMATS = {"torchscript": "TorchScript", "onnx": "ONNX", "tflite": "TFLite"}
+
+
+def sniff_model_file(path: str | os.PathLike) -> Optional[str]:
+    """What a model file holds, told from its first bytes and (for zip files) its member names;
+    nothing in it is loaded or unpickled. "checkpoint": a torch.save file (what training writes);
+    "torchscript", "onnx", "tflite": an exported model; None: unknown or unreadable."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+        is_zip = zipfile.is_zipfile(path)
+        names = zipfile.ZipFile(path).namelist() if is_zip else []
+    except (OSError, zipfile.BadZipFile):
+        return None
+    if is_zip:
+        # torch.save and torch.jit.save both write one top folder (`archive/`, or the file's stem);
+        # only TorchScript adds its code and constants.
+        inner = {name.split("/", 1)[1] for name in names if "/" in name}
+        if "constants.pkl" in inner or any(name.startswith("code/") for name in inner):
+            return "torchscript"
+        return "checkpoint" if "data.pkl" in inner else None
+    if head[4:8] == b"TFL3":  # the flatbuffer file identifier of TFLite models
+        return "tflite"
+    if head.startswith(_LEGACY_TORCH_SAVE):
+        return "checkpoint"
+    onnx_like = len(head) >= 3 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in _ONNX_NEXT_TAGS
+    if path.suffix.lower() == ".onnx" or onnx_like:
+        return "onnx"
+    return None
+
+
+def refuse_checkpoint(path: str | os.PathLike) -> None:
+    """Raise ExportError when `path`, given where an exported model belongs, is a training
+    checkpoint (told from its bytes; nothing is loaded)."""
+    if sniff_model_file(path) == "checkpoint":
+        raise ExportError(
+            f"{path} is a training checkpoint, not an exported model: pass it as checkpoint={path} "
+            "(or export it first with tools/export.py)"
+        )
+
+
 def load_runner(path: str | os.PathLike, threads: Optional[int] = None) -> Runner:
-    """The runner for an exported file, chosen by its suffix (.onnx, .tflite, else TorchScript)."""
+    """The runner for an exported file, chosen by its suffix (.onnx, .tflite, else TorchScript).
+    A training checkpoint is refused before anything loads it."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"model not found (no such file): {path}")
+    refuse_checkpoint(path)
     if path.suffix == ".onnx":
         from seg.export.onnx import OnnxRunner
 
