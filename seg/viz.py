@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from typing import BinaryIO, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 from seg.data.classes import IGNORE_INDEX, voc_palette
 from seg.errors import SegError
@@ -40,38 +39,17 @@ def colorize(mask: np.ndarray) -> np.ndarray:
 def save_palette_png(mask: np.ndarray, path: str | os.PathLike | BinaryIO) -> None:
     """Write an HxW index mask as a 'P'-mode PNG with the VOC palette, like SegmentationClass.
 
-    `path` is a file name or a binary file open for writing. Rows are compressed in strips, so
-    writing holds no copy of the mask (a full-size mask of a very large photo costs nothing more).
+    `path` is a file name or a binary file open for writing. PIL reads the mask's own memory
+    (`frombuffer`): writing holds no copy of it, even for the full-size mask of a very large photo.
     """
-    mask = _index_mask(mask)
+    mask = np.ascontiguousarray(_index_mask(mask))
     h, w = mask.shape
     if h == 0 or w == 0:
         raise ValueError(f"cannot write an empty mask (shape {mask.shape})")
-    if not hasattr(path, "write"):
-        with open(path, "wb") as f:
-            save_palette_png(mask, f)
-        return
-    f = path
-    f.write(b"\x89PNG\r\n\x1a\n")
-    # 8-bit indexed colour, no interlacing; the raw indices go in as they are.
-    f.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0)))
-    f.write(_png_chunk(b"PLTE", _PALETTE.tobytes()))
-    deflate = zlib.compressobj(6)
-    rows = max(1, _STRIP_PIXELS // (w + 1))
-    block = np.zeros((min(rows, h), w + 1), dtype=np.uint8)  # each row: filter byte 0 (none), indices
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        part = block[: r1 - r0]
-        part[:, 1:] = mask[r0:r1]
-        data = deflate.compress(part)
-        if data:
-            f.write(_png_chunk(b"IDAT", data))
-    f.write(_png_chunk(b"IDAT", deflate.flush()))
-    f.write(_png_chunk(b"IEND", b""))
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+    # The raw indices as they are ("L" shares the buffer; the palette makes it "P" without remapping).
+    img = Image.frombuffer("L", (w, h), mask, "raw", "L", 0, 1)
+    img.putpalette(_PALETTE.reshape(-1).tolist())
+    img.save(path, format="PNG")
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, out: np.ndarray | None = None) -> np.ndarray:
