@@ -13,11 +13,11 @@ import functools
 import logging
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, NoReturn, TypeVar
 
 from seg.errors import SegError
+from seg.files import UnwritableError, require_writable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -78,14 +78,10 @@ def check_run_dir(argv: list[str] | None = None) -> None:
     given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
     run_dir = given[-1] if given else "outputs"
     literal = Path(run_dir.split("${", 1)[0] or ".")  # up to the first interpolation
-    ancestor = next((p for p in (literal, *literal.parents) if p.exists()), Path("."))
-    if not ancestor.is_dir():
-        fail(f"hydra.run.dir={run_dir}: {ancestor} is a file, not a folder; choose another hydra.run.dir")
     try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as exc:
-        fail(f"hydra.run.dir={run_dir}: cannot write in {ancestor} ({exc.strerror}); choose a writable hydra.run.dir")
+        require_writable(literal / "file", "hydra.run.dir")
+    except UnwritableError as exc:
+        fail(str(exc).replace(f"hydra.run.dir={literal / 'file'}", f"hydra.run.dir={run_dir}"))
 
 
 def launch(main: Callable[[], Any], aliases: dict[str, str] | None = None) -> None:

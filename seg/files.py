@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -47,6 +48,26 @@ def same_or_inside(path: PathLike, folder: PathLike) -> bool:
     """Whether `path` is `folder` or lies inside it (links resolved)."""
     path, folder = Path(path).resolve(), Path(folder).resolve()
     return path == folder or folder in path.parents
+
+
+class UnwritableError(SegError):
+    """A folder the user named cannot be written to (permissions, read-only filesystem, a file in
+    the way)."""
+
+
+def require_writable(path: PathLike, key: str) -> None:
+    """Fail early, naming `key`, when the folder that would receive `path` (its nearest existing
+    ancestor) is not a folder or cannot be written: found before any work, not after it."""
+    path = Path(path)
+    ancestor = next((p for p in path.parents if p.exists()), Path("."))
+    if not ancestor.is_dir():
+        raise UnwritableError(f"{key}={path}: {ancestor} is a file, not a folder; choose another {key}")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as exc:
+        raise UnwritableError(f"{key}={path}: cannot write in {ancestor} ({exc.strerror}); choose a writable "
+                              "location") from None
 
 
 def remove_stale_temporaries(folder: PathLike, pattern: str = ".*.tmp") -> list[Path]:

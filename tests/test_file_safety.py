@@ -169,3 +169,34 @@ def test_convert_keeps_an_existing_output(tmp_path):
                    f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line_error(out, str(existing), "convert.overwrite=true")
     assert existing.read_bytes() == b"keep me"
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder on a read-only filesystem (a tmpfs mounted read-only): unwritable even for root."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a read-only filesystem here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_read_only_run_and_output_directories_are_one_line(synth_root, checkpoint, read_only_dir, tmp_path):
+    out = run_tool("train", *tiny_train_args(synth_root, "train.max_iters=1"),
+                   f"hydra.run.dir={read_only_dir / 'run'}")
+    assert_one_line_error(out, f"hydra.run.dir={read_only_dir / 'run'}", "Read-only file system")
+    image = tmp_path / "in" / "photo.png"
+    image.parent.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (120, 30, 200)).save(image)
+    out = run_tool("predict", f"checkpoint={checkpoint}", f"input={image}", f"output={read_only_dir / 'masks'}",
+                   f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(out, str(read_only_dir / "masks"))
+    out = run_tool("export", f"checkpoint={checkpoint}", f"export.path={read_only_dir / 'model.onnx'}",
+                   "export.input_size=64", "export.check_images=1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(out, str(read_only_dir / "model.onnx"))

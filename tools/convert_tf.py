@@ -22,7 +22,7 @@ from seg.cli import launch, one_line_errors
 from seg.config import check_config, register_configs
 from seg.engine.checkpoint import save_checkpoint
 from seg.errors import ConfigError
-from seg.files import refuse_overwrite
+from seg.files import refuse_overwrite, require_writable
 from seg.models.tf_weights import convert_deeplab
 
 register_configs()
@@ -38,6 +38,7 @@ def main(cfg: DictConfig) -> None:
     source = Path(cfg.convert.source)
     output = Path(cfg.convert.output) if cfg.convert.output else source.parent / "model.pt"
     refuse_overwrite(output, "convert.output", cfg.convert.overwrite)
+    require_writable(output, "convert.output")
     state = convert_deeplab(source, cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(output, state)

@@ -19,7 +19,7 @@ from seg.export.check import compare, format_check, miou, torch_runner
 from seg.export.common import ExportError, ExportWrapper, build_metadata, metadata_path, write_metadata
 from seg.export.runtime import ExportedPredictor
 from seg.fastpath import fold_batchnorm
-from seg.files import FileClashError, refuse_overwrite, same_or_inside
+from seg.files import FileClashError, refuse_overwrite, require_writable, same_or_inside
 
 FP32_AGREEMENT = 0.999  # argmax agreement an fp32 export must reach against PyTorch
 INT8_AGREEMENT = 0.98  # ... and an int8 export against the fp32 one
@@ -73,6 +73,7 @@ def _check_destination(path: Path, checkpoint: Path, overwrite: bool) -> None:
                 "export.path"
             )
         refuse_overwrite(target, "export.path", overwrite, what="file (export.path and its metadata JSON)")
+    require_writable(path, "export.path")
 
 
 def _embed_metadata(built: Path, fmt: str, metadata: dict[str, Any]) -> None:
