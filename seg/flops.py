@@ -80,12 +80,11 @@ def separable_layer_example(size: int = 14, in_channels: int = 512, out_channels
     with batch norm and ReLU, and MobileNetV1's depthwise-separable layer) and counted with the
     hooks every model is counted with, at stride 1 ("same" padding keeps h x w).
     """
-    from seg.models.layers import ConvBNAct
-    from seg.models.mobilenet_v1 import DepthwiseSeparable
+    from seg.models.layers import ConvBNAct, DepthwiseSeparable
 
     h = w = size
     standard = ConvBNAct(in_channels, out_channels, kernel)
-    separable = DepthwiseSeparable(in_channels, out_channels, kernel=kernel)
+    separable = DepthwiseSeparable(in_channels, out_channels, kernel)
     formula = {
         "standard": h * w * in_channels * out_channels * kernel**2,
         "separable": h * w * in_channels * (kernel**2 + out_channels),

@@ -14,27 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from seg.models.layers import ConvBNAct
-
-
-class SeparableConvBNAct(nn.Sequential):
-    """Depthwise kxk conv -> BN -> ReLU -> pointwise 1x1 conv -> BN -> ReLU (DeepLabv3+'s
-    "separable" ASPP and decoder convolutions)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1) -> None:
-        super().__init__()
-        self.depthwise = ConvBNAct(in_channels, in_channels, kernel_size, dilation=dilation, groups=in_channels)
-        self.pointwise = ConvBNAct(in_channels, out_channels, 1)
-
-    def set_dilation(self, dilation: int) -> None:
-        self.depthwise.set_stride_dilation(1, dilation)
-
-
-class AtrousConv(ConvBNAct):
-    """3x3 atrous conv -> BN -> ReLU whose rate can be changed after building."""
-
-    def set_dilation(self, dilation: int) -> None:
-        self.set_stride_dilation(1, dilation)
+from seg.models.layers import ConvBNAct, DepthwiseSeparable
 
 
 class ImagePooling(nn.Module):
@@ -66,10 +46,8 @@ class ASPP(nn.Module):
         self.base_rates = [int(r) for r in atrous_rates]
         rates = self._rates_at(output_stride)
         self.conv1x1 = ConvBNAct(in_channels, channels, 1)
-        self.atrous = nn.ModuleList(
-            SeparableConvBNAct(in_channels, channels, 3, dilation=r) if separable else AtrousConv(in_channels, channels, 3, dilation=r)
-            for r in rates
-        )
+        branch = DepthwiseSeparable if separable else ConvBNAct  # 3x3 atrous conv -> BN -> ReLU
+        self.atrous = nn.ModuleList(branch(in_channels, channels, 3, dilation=r) for r in rates)
         self.image_pooling = ImagePooling(in_channels, channels)
         self.project = ConvBNAct(channels * (2 + len(rates)), channels, 1)
         self.dropout = nn.Dropout(dropout)
@@ -80,7 +58,7 @@ class ASPP(nn.Module):
 
     def set_output_stride(self, output_stride: int) -> None:
         for branch, rate in zip(self.atrous, self._rates_at(output_stride)):
-            branch.set_dilation(rate)
+            branch.set_stride_dilation(1, rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # TF DeepLab's concatenation order, so its projection weights load as they are

@@ -10,32 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg.models.aspp import ASPP, SeparableConvBNAct
-from seg.models.layers import ConvBNAct
-
-
-class AsppLiteHead(nn.Module):
-    """The published DeepLab MobileNetV2 head: 1x1 conv branch + image pooling, concatenated,
-    projected, dropout, 1x1 logits. No atrous branches, no decoder (TF DeepLab model zoo)."""
-
-    def __init__(
-        self,
-        in_channels: dict[str, int],
-        num_classes: int,
-        output_stride: int = 16,
-        channels: int = 256,
-        dropout: float = 0.1,
-        align_corners: bool = False,  # no resize inside this head; accepted like every head's
-    ) -> None:
-        super().__init__()
-        self.aspp = ASPP(in_channels["out"], channels, atrous_rates=(), output_stride=output_stride, dropout=dropout)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
-
-    def set_output_stride(self, output_stride: int) -> None:
-        self.aspp.set_output_stride(output_stride)
-
-    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.classifier(self.aspp(features["out"]))
+from seg.models.aspp import ASPP
+from seg.models.layers import ConvBNAct, DepthwiseSeparable
 
 
 class DeepLabV3Head(nn.Module):
@@ -63,10 +39,30 @@ class DeepLabV3Head(nn.Module):
         return self.classifier(self.aspp(features["out"]))
 
 
+class AsppLiteHead(DeepLabV3Head):
+    """The published DeepLab MobileNetV2 head (TF DeepLab model zoo): DeepLabv3's with no atrous
+    branches, i.e. 1x1 conv branch + image pooling, concatenated, projected, dropout, 1x1 logits."""
+
+    def __init__(
+        self,
+        in_channels: dict[str, int],
+        num_classes: int,
+        output_stride: int = 16,
+        channels: int = 256,
+        dropout: float = 0.1,
+        align_corners: bool = False,  # no resize inside this head; accepted like every head's
+    ) -> None:
+        super().__init__(
+            in_channels, num_classes, output_stride, channels, atrous_rates=(), dropout=dropout,
+            align_corners=align_corners,
+        )
+
+
 class DeepLabV3PlusHead(nn.Module):
     """DeepLabv3+ (Chen et al., ECCV 2018): ASPP, then a decoder that upsamples the ASPP output to
     stride 4, concatenates the stride-4 features projected to 48 channels, and refines with two 3x3
-    convs before the logits."""
+    convs before the logits. The ASPP and decoder convs are depthwise-separable unless `separable`
+    is False (the paper's and TF DeepLab's default, as `DeepLabV3PlusConfig`)."""
 
     def __init__(
         self,
@@ -77,7 +73,7 @@ class DeepLabV3PlusHead(nn.Module):
         atrous_rates: Sequence[int] = (6, 12, 18),
         low_level_channels: int = 48,
         decoder_channels: int = 256,
-        separable: bool = False,
+        separable: bool = True,
         dropout: float = 0.1,
         align_corners: bool = False,
     ) -> None:
@@ -86,14 +82,8 @@ class DeepLabV3PlusHead(nn.Module):
         self.aspp = ASPP(in_channels["out"], channels, atrous_rates, output_stride, separable, dropout)
         self.low_level_project = ConvBNAct(in_channels["low_level"], low_level_channels, 1)
         fused = channels + low_level_channels
-        if separable:
-            self.decoder = nn.Sequential(
-                SeparableConvBNAct(fused, decoder_channels, 3), SeparableConvBNAct(decoder_channels, decoder_channels, 3)
-            )
-        else:
-            self.decoder = nn.Sequential(
-                ConvBNAct(fused, decoder_channels, 3), ConvBNAct(decoder_channels, decoder_channels, 3)
-            )
+        conv = DepthwiseSeparable if separable else ConvBNAct  # 3x3 conv -> BN -> ReLU
+        self.decoder = nn.Sequential(conv(fused, decoder_channels, 3), conv(decoder_channels, decoder_channels, 3))
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
 
     def set_output_stride(self, output_stride: int) -> None:

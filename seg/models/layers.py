@@ -1,4 +1,9 @@
-"""Building blocks shared by the backbones and heads."""
+"""Building blocks shared by the backbones and heads: one block family for all of them.
+
+`ConvBNAct` (conv -> BN -> act), `DepthwiseSeparable` (MobileNetV1's layer and DeepLabv3+'s
+separable convs), `InvertedResidual` (MobileNetV2 / V3 and MnasNet blocks, with optional
+`SqueezeExcitation`), and `Encoder`, the output-stride plumbing every encoder shares.
+"""
 
 from __future__ import annotations
 
@@ -98,6 +103,83 @@ class SqueezeExcitation(nn.Module):
         scale = x.mean(dim=(2, 3), keepdim=True)
         scale = self.gate(self.fc2(self.relu(self.fc1(scale))))
         return x * scale
+
+
+class DepthwiseSeparable(nn.Module):
+    """kxk depthwise conv -> BN -> act, then 1x1 pointwise conv -> BN -> act: MobileNetV1's layer
+    (Figure 3 of its paper) and DeepLabv3+'s "separable" ASPP and decoder convolutions."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        bn_eps: float = 1e-5,
+        tf_same_padding: bool = False,
+    ) -> None:
+        super().__init__()
+        self.depthwise = ConvBNAct(
+            in_channels, in_channels, kernel_size, stride, dilation, groups=in_channels, activation=activation,
+            bn_eps=bn_eps, tf_same_padding=tf_same_padding,
+        )
+        self.pointwise = ConvBNAct(in_channels, out_channels, 1, activation=activation, bn_eps=bn_eps)
+
+    def set_stride_dilation(self, stride: int, dilation: int) -> None:
+        self.depthwise.set_stride_dilation(stride, dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+class InvertedResidual(nn.Module):
+    """[1x1 expand conv -> BN -> act] -> kxk depthwise conv -> BN -> act -> [squeeze-excitation]
+    -> 1x1 linear projection conv -> BN, + identity when the shapes allow (stride 1, as many output
+    channels as input ones).
+
+    The block of MobileNetV2 (ReLU6, no SE), MobileNetV3 (ReLU or hard-swish, SE with hard-sigmoid
+    gate) and MnasNet (ReLU, SE with sigmoid gate in A1). The expand conv is absent when
+    `expanded_channels == in_channels` (expansion 1); `se_channels` is the squeeze width (None: no
+    SE), `se_gate` its gate.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        expanded_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        dilation: int = 1,
+        activation: Callable[[], nn.Module] = nn.ReLU,
+        se_channels: Optional[int] = None,
+        se_gate: Callable[[], nn.Module] = partial(nn.Hardsigmoid, inplace=True),
+        bn_eps: float = 1e-5,
+        tf_same_padding: bool = False,
+    ) -> None:
+        super().__init__()
+        self.expand = (
+            ConvBNAct(in_channels, expanded_channels, 1, activation=activation, bn_eps=bn_eps)
+            if expanded_channels != in_channels
+            else None
+        )
+        self.depthwise = ConvBNAct(
+            expanded_channels, expanded_channels, kernel_size, stride, dilation, groups=expanded_channels,
+            activation=activation, bn_eps=bn_eps, tf_same_padding=tf_same_padding,
+        )
+        self.se = None if se_channels is None else SqueezeExcitation(expanded_channels, se_channels, gate=se_gate)
+        self.project = ConvBNAct(expanded_channels, out_channels, 1, activation=None, bn_eps=bn_eps)
+        self.use_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x if self.expand is None else self.expand(x)
+        out = self.depthwise(out)
+        if self.se is not None:
+            out = self.se(out)
+        out = self.project(out)
+        return x + out if self.use_residual else out
 
 
 def dilated_strides(strides: list[int], output_stride: int) -> list[tuple[int, int]]:

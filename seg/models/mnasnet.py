@@ -2,7 +2,8 @@
 2019), with depth multiplier and output stride 8/16/32 by atrous convolution.
 
 - `mnasnet_b1`: the variant without squeeze-and-excitation, which is what torchvision's
-  `mnasnet0_5` / `0_75` / `1_0` / `1_3` are; their ImageNet weights load into it (`weights.py`).
+  `mnasnet0_5` / `0_75` / `1_0` / `1_3` are; their ImageNet weights load into it
+  (`torchvision_key_map`).
 - `mnasnet_a1`: the network of the paper's Figure 7, with squeeze-and-excitation (sigmoid gate,
   squeeze to a quarter of the block's input channels, as the TF reference) in three stages.
   torchvision has no A1, so it trains from scratch.
@@ -16,12 +17,12 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-import torch
 from torch import nn
 
 from seg.config import ChannelRounding
 from seg.models.classifier import ClassificationTop
-from seg.models.layers import ConvBNAct, Encoder, SqueezeExcitation, make_divisible
+from seg.models.layers import ConvBNAct, Encoder, InvertedResidual, make_divisible
+from seg.models.weights import WeightsError, conv_bn_keys, load_imagenet_weights
 
 
 class StageSpec(NamedTuple):
@@ -57,51 +58,6 @@ SE_RATIO = 0.25
 BN_EPS = 1e-5  # torchvision's
 
 
-class MBConv(nn.Module):
-    """[1x1 expand + BN + ReLU] -> kxk depthwise + BN + ReLU -> [SE] -> 1x1 linear projection + BN,
-    + identity when the shape allows. With expansion 1 (no expand conv) it is the separable layer
-    after the stem, which never has the identity (its input is wider than its output)."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        expansion: int,
-        kernel: int,
-        stride: int,
-        dilation: int,
-        se: bool = False,
-        bn_eps: float = BN_EPS,
-        tf_same_padding: bool = False,
-    ) -> None:
-        super().__init__()
-        expanded = in_channels * expansion  # not rounded (torchvision and the TF reference)
-        self.expand = ConvBNAct(in_channels, expanded, 1, bn_eps=bn_eps) if expansion != 1 else None
-        self.depthwise = ConvBNAct(
-            expanded,
-            expanded,
-            kernel,
-            stride=stride,
-            dilation=dilation,
-            groups=expanded,
-            bn_eps=bn_eps,
-            tf_same_padding=tf_same_padding,
-        )
-        self.se = (
-            SqueezeExcitation(expanded, max(1, int(in_channels * SE_RATIO)), gate=nn.Sigmoid) if se else None
-        )
-        self.project = ConvBNAct(expanded, out_channels, 1, activation=None, bn_eps=bn_eps)
-        self.use_residual = stride == 1 and in_channels == out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x if self.expand is None else self.expand(x)
-        out = self.depthwise(out)
-        if self.se is not None:
-            out = self.se(out)
-        out = self.project(out)
-        return x + out if self.use_residual else out
-
-
 class MnasNet(Encoder):
     """MnasNet feature extractor returning `{"low_level", "mid_level", "out"}` (strides 4, 8 and the
     output stride: 24, 40 and 320 channels at multiplier 1.0); `channels` gives their counts."""
@@ -133,8 +89,14 @@ class MnasNet(Encoder):
         placement = self._plan([layer[4] for layer in layers], output_stride)
 
         self.stem = ConvBNAct(3, stem_channels, 3, stride=2, bn_eps=bn_eps, tf_same_padding=tf_same_padding)
+        # Expansion widths are not rounded (torchvision and the TF reference); the SE squeezes to a
+        # quarter of the block's input channels. The first block (expansion 1) is the separable layer.
         self.blocks = nn.ModuleList(
-            MBConv(cin, cout, t, k, stride, dilation, se, bn_eps, tf_same_padding)
+            InvertedResidual(
+                cin, cin * t, cout, k, stride, dilation, nn.ReLU,
+                se_channels=max(1, int(cin * SE_RATIO)) if se else None, se_gate=nn.Sigmoid,
+                bn_eps=bn_eps, tf_same_padding=tf_same_padding,
+            )
             for (cin, cout, t, k, _, se), (stride, dilation) in zip(layers, placement)
         )
         self._tap([layer[1] for layer in layers])
@@ -167,15 +129,16 @@ def mnasnet_b1(
     ChannelRounding(channel_rounding)  # validates the value; both modes give the same network
     model = MnasNet(B1, depth_multiplier, output_stride, bn_eps, tf_same_padding)
     if weights is not None or pretrained is not None:
-        from seg.models.weights import WeightsError, load_imagenet_weights
-
         arch = TORCHVISION_ARCH.get(depth_multiplier, "mnasnet")
         if weights is None and arch == "mnasnet":
             raise WeightsError(
                 f"torchvision publishes MNASNet weights for depth multipliers {sorted(TORCHVISION_ARCH)}, "
                 f"not {depth_multiplier}"
             )
-        load_imagenet_weights(model, arch, pretrained=pretrained, weights=weights)
+        load_imagenet_weights(
+            model, arch, torchvision_key_map(model), pretrained=pretrained, weights=weights,
+            mismatch_hint="a torchvision MNASNet file fits only model.backbone.depth_multiplier equal to its own",
+        )
     return model
 
 
@@ -192,11 +155,24 @@ def mnasnet_a1(
     MNASNet is B1 (other stage depths, no SE), so `pretrained` and `weights` are refused."""
     ChannelRounding(channel_rounding)
     if weights is not None or pretrained is not None:
-        from seg.models.weights import WeightsError
-
         raise WeightsError(
             "torchvision's MNASNet weights are MnasNet-B1 and do not fit MnasNet-A1: use backbone=mnasnet_b1 "
             "to load them, or leave model.backbone.pretrained and model.backbone.weights null"
         )
     return MnasNet(A1, depth_multiplier, output_stride, bn_eps, tf_same_padding)
 
+
+def torchvision_key_map(model: MnasNet) -> dict[str, str]:
+    """Our state_dict key -> that of torchvision's MNASNet (B1). torchvision's is one flat Sequential
+    `layers`: stem conv, bn (0, 1), separable depthwise conv, bn (3, 4), projection conv, bn (6, 7),
+    then one Sequential per stage (8-13) of blocks whose `layers` are expand conv, bn (0, 1),
+    depthwise conv, bn (3, 4), projection conv, bn (6, 7)."""
+    mapping = conv_bn_keys("stem", "layers.0", "layers.1")
+    mapping.update(conv_bn_keys("blocks.0.depthwise", "layers.3", "layers.4"))
+    mapping.update(conv_bn_keys("blocks.0.project", "layers.6", "layers.7"))
+    stage_block = [(stage, i) for stage, spec in enumerate(B1) for i in range(spec.repeats)]
+    for index, (stage, i) in enumerate(stage_block[: len(model.blocks) - 1], start=1):
+        tv = f"layers.{8 + stage}.{i}.layers"
+        for part, (conv, bn) in {"expand": (0, 1), "depthwise": (3, 4), "project": (6, 7)}.items():
+            mapping.update(conv_bn_keys(f"blocks.{index}.{part}", f"{tv}.{conv}", f"{tv}.{bn}"))
+    return mapping

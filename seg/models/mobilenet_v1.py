@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import nn
 
 from seg.config import ChannelRounding
 from seg.models.classifier import ClassificationTop
-from seg.models.layers import ConvBNAct, Encoder, make_divisible
+from seg.models.layers import ConvBNAct, DepthwiseSeparable, Encoder, make_divisible
+from seg.models.weights import WeightsError
 
 # (pointwise output channels, depthwise stride) of the 13 depthwise-separable layers: Table 1.
 SEPARABLE_SETTING = [
@@ -38,37 +38,6 @@ SEPARABLE_SETTING = [
 STEM_CHANNELS = 32
 MIN_DEPTH = 8  # the TF reference's floor on every width
 BN_EPS = 1e-3  # the TF reference's batch-norm epsilon (the only published MobileNetV1 weights)
-
-
-class DepthwiseSeparable(nn.Module):
-    """3x3 (`kernel`) depthwise conv + BN + ReLU, then 1x1 pointwise conv + BN + ReLU (Figure 3 of
-    the paper)."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        stride: int = 1,
-        dilation: int = 1,
-        bn_eps: float = BN_EPS,
-        tf_same_padding: bool = False,
-        kernel: int = 3,
-    ) -> None:
-        super().__init__()
-        self.depthwise = ConvBNAct(
-            in_channels,
-            in_channels,
-            kernel,
-            stride=stride,
-            dilation=dilation,
-            groups=in_channels,
-            bn_eps=bn_eps,
-            tf_same_padding=tf_same_padding,
-        )
-        self.pointwise = ConvBNAct(in_channels, out_channels, 1, bn_eps=bn_eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise(self.depthwise(x))
 
 
 class MobileNetV1(Encoder):
@@ -104,7 +73,7 @@ class MobileNetV1(Encoder):
         self.stem = ConvBNAct(3, stem_channels, 3, stride=2, bn_eps=bn_eps, tf_same_padding=tf_same_padding)
         widths = [width(c) for c, _ in SEPARABLE_SETTING]
         self.blocks = nn.ModuleList(
-            DepthwiseSeparable(cin, cout, stride, dilation, bn_eps, tf_same_padding)
+            DepthwiseSeparable(cin, cout, 3, stride, dilation, bn_eps=bn_eps, tf_same_padding=tf_same_padding)
             for cin, cout, (stride, dilation) in zip([stem_channels, *widths], widths, placement)
         )
         self._tap(widths)
@@ -131,8 +100,6 @@ def mobilenet_v1(
     `weights` are refused.
     """
     if weights is not None or pretrained is not None:
-        from seg.models.weights import WeightsError
-
         raise WeightsError(
             "torchvision has no MobileNetV1 ImageNet weights to load: leave model.backbone.pretrained "
             "and model.backbone.weights null for backbone=mnv1*"

@@ -3,19 +3,20 @@
 1280-channel 1x1 conv, with output stride 8/16/32 by atrous convolution.
 
 Module names follow the TensorFlow reference (`stem`, `blocks.N.{expand,depthwise,project}`) so
-that both torchvision's and DeepLab's checkpoints map onto them by name (see `weights.py`).
+that both torchvision's and DeepLab's checkpoints map onto them by name (`torchvision_key_map`
+below, `tf_weights.py`).
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import nn
 
 from seg.config import ChannelRounding
 from seg.models.classifier import ClassificationTop
-from seg.models.layers import ConvBNAct, Encoder, make_divisible
+from seg.models.layers import ConvBNAct, Encoder, InvertedResidual, make_divisible
+from seg.models.weights import load_imagenet_weights, torchvision_features_keys
 
 # (expansion t, output channels c, repeats n, first stride s): Table 2 of the paper.
 INVERTED_RESIDUAL_SETTING = [
@@ -30,45 +31,6 @@ INVERTED_RESIDUAL_SETTING = [
 STEM_CHANNELS = 32
 LAST_CHANNELS = 1280  # the classification form's final 1x1 conv (not part of DeepLab's encoder)
 BN_EPS = 1e-5  # torchvision's; TensorFlow's MobileNetV2 uses 1e-3 (model.backbone.bn_eps)
-
-
-class InvertedResidual(nn.Module):
-    """1x1 expand (skipped when t=1) -> 3x3 depthwise -> 1x1 linear projection, + identity."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        expanded_channels: int,
-        out_channels: int,
-        stride: int,
-        dilation: int,
-        bn_eps: float = BN_EPS,
-        tf_same_padding: bool = False,
-    ) -> None:
-        super().__init__()
-        self.expand = (
-            ConvBNAct(in_channels, expanded_channels, 1, activation=nn.ReLU6, bn_eps=bn_eps)
-            if expanded_channels != in_channels
-            else None
-        )
-        self.depthwise = ConvBNAct(
-            expanded_channels,
-            expanded_channels,
-            3,
-            stride=stride,
-            dilation=dilation,
-            groups=expanded_channels,
-            activation=nn.ReLU6,
-            bn_eps=bn_eps,
-            tf_same_padding=tf_same_padding,
-        )
-        self.project = ConvBNAct(expanded_channels, out_channels, 1, activation=None, bn_eps=bn_eps)
-        self.use_residual = stride == 1 and in_channels == out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x if self.expand is None else self.expand(x)
-        out = self.project(self.depthwise(out))
-        return x + out if self.use_residual else out
 
 
 class MobileNetV2(Encoder):
@@ -120,7 +82,9 @@ class MobileNetV2(Encoder):
             3, stem_channels, 3, stride=2, activation=nn.ReLU6, bn_eps=bn_eps, tf_same_padding=tf_same_padding
         )
         self.blocks = nn.ModuleList(
-            InvertedResidual(cin, cexp, cout, stride, dilation, bn_eps, tf_same_padding)
+            InvertedResidual(
+                cin, cexp, cout, 3, stride, dilation, nn.ReLU6, bn_eps=bn_eps, tf_same_padding=tf_same_padding
+            )
             for (cin, cexp, cout, _), (stride, dilation) in zip(layers, placement)
         )
         self._tap([layer[2] for layer in layers])
@@ -151,7 +115,15 @@ def mobilenet_v2(
     """
     model = MobileNetV2(depth_multiplier, output_stride, channel_rounding, bn_eps, tf_same_padding)
     if weights is not None or pretrained is not None:
-        from seg.models.weights import load_imagenet_weights
-
-        load_imagenet_weights(model, "mobilenet_v2", pretrained=pretrained, weights=weights)
+        load_imagenet_weights(
+            model, "mobilenet_v2", torchvision_key_map(model), pretrained=pretrained, weights=weights,
+            mismatch_hint="torchvision rounds MobileNetV2 widths differently: set "
+            "model.backbone.channel_rounding=torchvision",
+        )
     return model
+
+
+def torchvision_key_map(model: MobileNetV2) -> dict[str, str]:
+    """Our state_dict key -> that of torchvision's `mobilenet_v2`: `features.0` the stem, then
+    `features.N+1.conv` of block N: [expand (conv, bn)], depthwise (conv, bn), projection conv, bn."""
+    return torchvision_features_keys(model, "conv", flat_project=True)

@@ -17,7 +17,8 @@ from torch import nn
 
 from seg.config import ChannelRounding
 from seg.models.classifier import ClassificationTop
-from seg.models.layers import ConvBNAct, Encoder, SqueezeExcitation, make_divisible
+from seg.models.layers import ConvBNAct, Encoder, InvertedResidual, make_divisible
+from seg.models.weights import conv_bn_keys, load_imagenet_weights, torchvision_features_keys
 
 
 class BlockSpec(NamedTuple):
@@ -64,49 +65,6 @@ STEM_CHANNELS = 16
 BN_EPS = 1e-3  # the paper's reference code and torchvision's MobileNetV3 both use 0.001
 
 
-class InvertedResidualV3(nn.Module):
-    """1x1 expand (skipped when expansion = input) -> kxk depthwise -> SE -> 1x1 linear projection."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        spec: BlockSpec,
-        expanded: int,
-        out_channels: int,
-        stride: int,
-        dilation: int,
-        bn_eps: float = BN_EPS,
-        tf_same_padding: bool = False,
-    ) -> None:
-        super().__init__()
-        act = nn.Hardswish if spec.hardswish else nn.ReLU
-        self.expand = (
-            ConvBNAct(in_channels, expanded, 1, activation=act, bn_eps=bn_eps) if expanded != in_channels else None
-        )
-        self.depthwise = ConvBNAct(
-            expanded,
-            expanded,
-            spec.kernel,
-            stride=stride,
-            dilation=dilation,
-            groups=expanded,
-            activation=act,
-            bn_eps=bn_eps,
-            tf_same_padding=tf_same_padding,
-        )
-        self.se = SqueezeExcitation(expanded, make_divisible(expanded // 4, 8)) if spec.use_se else None
-        self.project = ConvBNAct(expanded, out_channels, 1, activation=None, bn_eps=bn_eps)
-        self.use_residual = spec.stride == 1 and in_channels == out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = x if self.expand is None else self.expand(x)
-        out = self.depthwise(out)
-        if self.se is not None:
-            out = self.se(out)
-        out = self.project(out)
-        return x + out if self.use_residual else out
-
-
 class MobileNetV3(Encoder):
     """MobileNetV3 feature extractor returning `{"low_level", "mid_level", "out"}` (strides 4, 8
     and the output stride); `channels` gives their channel counts."""
@@ -137,7 +95,12 @@ class MobileNetV3(Encoder):
 
         widths = [width(spec.out) for spec in specs]
         self.blocks = nn.ModuleList(
-            InvertedResidualV3(cin, spec, width(spec.expanded), cout, stride, dilation, bn_eps, tf_same_padding)
+            InvertedResidual(
+                cin, width(spec.expanded), cout, spec.kernel, stride, dilation,
+                activation=nn.Hardswish if spec.hardswish else nn.ReLU,
+                se_channels=make_divisible(width(spec.expanded) // 4, 8) if spec.use_se else None,
+                bn_eps=bn_eps, tf_same_padding=tf_same_padding,
+            )
             for cin, cout, spec, (stride, dilation) in zip([stem_channels, *widths], widths, specs, placement)
         )
         last_channels = 6 * widths[-1]
@@ -168,9 +131,7 @@ def _build(
     hidden = 1024 if arch == "mobilenet_v3_small" else 1280  # Tables 1 and 2
     model = MobileNetV3(specs, depth_multiplier, output_stride, bn_eps, tf_same_padding, hidden)
     if weights is not None or pretrained is not None:
-        from seg.models.weights import load_imagenet_weights
-
-        load_imagenet_weights(model, arch, pretrained=pretrained, weights=weights)
+        load_imagenet_weights(model, arch, torchvision_key_map(model), pretrained=pretrained, weights=weights)
     return model
 
 
@@ -204,3 +165,13 @@ def mobilenet_v3_small(
         "mobilenet_v3_small", SMALL, depth_multiplier, output_stride, channel_rounding, pretrained, weights,
         bn_eps, tf_same_padding,
     )
+
+
+def torchvision_key_map(model: MobileNetV3) -> dict[str, str]:
+    """Our state_dict key -> that of torchvision's `mobilenet_v3_large` / `_small`: `features.0` the
+    stem, `features.N+1.block` of block N: [expand], depthwise, [se], projection, each conv-bn a
+    Sequential; then the last 1x1 conv."""
+    mapping = torchvision_features_keys(model, "block", flat_project=False)
+    last = f"features.{len(model.blocks) + 1}"
+    mapping.update(conv_bn_keys("last_conv", f"{last}.0", f"{last}.1"))
+    return mapping

@@ -1,9 +1,10 @@
 """ImageNet initialisation of the encoders from torchvision's classification checkpoints.
 
 torchvision's `mobilenet_v2`, `mobilenet_v3_large`, `mobilenet_v3_small` and `mnasnet*` (MnasNet-B1)
-state_dicts are mapped by name onto our modules; the classifier (and MobileNetV2's and MnasNet's
-final 1280-channel conv, which the encoders do not use) are left out. Any tensor of ours without a
-source, or of a different shape, is an error that names it.
+state_dicts are mapped by name onto our modules, each family through the `torchvision_key_map` of
+its own module; the classifier (and MobileNetV2's and MnasNet's final 1280-channel conv, which the
+encoders do not use) are left out. Any tensor of ours without a source, or of a different shape, is
+an error that names it.
 """
 
 from __future__ import annotations
@@ -32,88 +33,61 @@ class WeightsError(SegError, RuntimeError):
     """A checkpoint that does not fit the model it is loaded into."""
 
 
-def _conv_bn(ours: str, conv: str, bn: str) -> dict[str, str]:
+def conv_bn_keys(ours: str, conv: str, bn: str) -> dict[str, str]:
+    """Key map of one of our ConvBNAct (`ours`) from a source's conv and batch-norm prefixes."""
     mapping = {f"{ours}.conv.weight": f"{conv}.weight"}
     for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
         mapping[f"{ours}.bn.{name}"] = f"{bn}.{name}"
     return mapping
 
 
-def _mnasnet_key_map(model: nn.Module) -> dict[str, str]:
-    """torchvision's MNASNet is one flat Sequential `layers`: stem conv, bn (0, 1), separable
-    depthwise conv, bn (3, 4), projection conv, bn (6, 7), then one Sequential per stage (8-13) of
-    blocks whose `layers` are expand conv, bn (0, 1), depthwise conv, bn (3, 4), projection conv, bn (6, 7)."""
-    from seg.models.mnasnet import B1
-
-    mapping = _conv_bn("stem", "layers.0", "layers.1")
-    mapping.update(_conv_bn("blocks.0.depthwise", "layers.3", "layers.4"))
-    mapping.update(_conv_bn("blocks.0.project", "layers.6", "layers.7"))
-    stage_block = [(stage, i) for stage, spec in enumerate(B1) for i in range(spec.repeats)]
-    for index, (stage, i) in enumerate(stage_block[: len(model.blocks) - 1], start=1):
-        tv = f"layers.{8 + stage}.{i}.layers"
-        for part, (conv, bn) in {"expand": (0, 1), "depthwise": (3, 4), "project": (6, 7)}.items():
-            mapping.update(_conv_bn(f"blocks.{index}.{part}", f"{tv}.{conv}", f"{tv}.{bn}"))
-    return mapping
-
-
-def torchvision_key_map(model: nn.Module, arch: str) -> dict[str, str]:
-    """Our state_dict key -> torchvision's key, for every tensor of the encoder."""
-    if arch.startswith("mnasnet"):
-        return _mnasnet_key_map(model)
-    mapping = _conv_bn("stem", "features.0.0", "features.0.1")
+def torchvision_features_keys(model: nn.Module, inner: str, flat_project: bool) -> dict[str, str]:
+    """Key map of an encoder laid out as torchvision's MobileNetV2 and V3: `features.0` the stem
+    (conv, bn), then `features.N+1.<inner>` for block N, a Sequential of [expand], depthwise, [se]
+    and the projection, each conv-bn a Sequential (conv `.0`, bn `.1`) except a `flat_project`
+    (MobileNetV2's), whose conv and bn are two entries."""
+    mapping = conv_bn_keys("stem", "features.0.0", "features.0.1")
     for index, block in enumerate(model.blocks):
-        tv = f"features.{index + 1}"
-        ours = f"blocks.{index}"
-        if arch == "mobilenet_v2":
-            # torchvision: [expand (conv, bn)], depthwise (conv, bn), project conv, project bn
-            j = 0
-            if block.expand is not None:
-                mapping.update(_conv_bn(f"{ours}.expand", f"{tv}.conv.0.0", f"{tv}.conv.0.1"))
-                j = 1
-            mapping.update(_conv_bn(f"{ours}.depthwise", f"{tv}.conv.{j}.0", f"{tv}.conv.{j}.1"))
-            mapping.update(_conv_bn(f"{ours}.project", f"{tv}.conv.{j + 1}", f"{tv}.conv.{j + 2}"))
-        else:
-            # torchvision: block = [expand], depthwise, [se], project; each conv-bn a Sequential
-            j = 0
-            if block.expand is not None:
-                mapping.update(_conv_bn(f"{ours}.expand", f"{tv}.block.0.0", f"{tv}.block.0.1"))
-                j = 1
-            mapping.update(_conv_bn(f"{ours}.depthwise", f"{tv}.block.{j}.0", f"{tv}.block.{j}.1"))
-            j += 1
-            if block.se is not None:
-                for fc in ("fc1", "fc2"):
-                    for p in ("weight", "bias"):
-                        mapping[f"{ours}.se.{fc}.{p}"] = f"{tv}.block.{j}.{fc}.{p}"
+        tv, ours, j = f"features.{index + 1}.{inner}", f"blocks.{index}", 0
+        for part in ("expand", "depthwise"):
+            if getattr(block, part) is not None:
+                mapping.update(conv_bn_keys(f"{ours}.{part}", f"{tv}.{j}.0", f"{tv}.{j}.1"))
                 j += 1
-            mapping.update(_conv_bn(f"{ours}.project", f"{tv}.block.{j}.0", f"{tv}.block.{j}.1"))
-    if arch != "mobilenet_v2":
-        last = f"features.{len(model.blocks) + 1}"
-        mapping.update(_conv_bn("last_conv", f"{last}.0", f"{last}.1"))
+        if block.se is not None:
+            for name in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"):
+                mapping[f"{ours}.se.{name}"] = f"{tv}.{j}.{name}"
+            j += 1
+        conv, bn = (f"{tv}.{j}", f"{tv}.{j + 1}") if flat_project else (f"{tv}.{j}.0", f"{tv}.{j}.1")
+        mapping.update(conv_bn_keys(f"{ours}.project", conv, bn))
     return mapping
 
 
-def load_torchvision_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], arch: str, source: str) -> None:
-    """Copy a torchvision classification state_dict into our encoder, checking every tensor."""
-    mapping = torchvision_key_map(model, arch)
+def load_torchvision_state_dict(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    arch: str,
+    key_map: dict[str, str],
+    source: str,
+    mismatch_hint: Optional[str] = None,
+) -> None:
+    """Copy a torchvision classification state_dict into our encoder through `key_map` (our key ->
+    torchvision's, the family's `torchvision_key_map`), checking every tensor. `mismatch_hint` is
+    added to the error when shapes differ."""
     ours = model.state_dict()
-    missing = sorted(k for k, tv in mapping.items() if tv not in state_dict)
+    missing = sorted(k for k, tv in key_map.items() if tv not in state_dict)
     mismatched = [
         f"{k} {tuple(ours[k].shape)} <- {tv} {tuple(state_dict[tv].shape)}"
-        for k, tv in mapping.items()
+        for k, tv in key_map.items()
         if tv in state_dict and state_dict[tv].shape != ours[k].shape
     ]
     if missing or mismatched:
         lines = [f"{source} does not fit {arch} (depth_multiplier={model.depth_multiplier}):"]
-        lines += [f"  missing in the file: {mapping[k]} (for {k})" for k in missing[:20]]
+        lines += [f"  missing in the file: {key_map[k]} (for {k})" for k in missing[:20]]
         lines += [f"  shape mismatch: {m}" for m in mismatched[:20]]
-        if mismatched and arch == "mobilenet_v2":
-            lines.append(
-                "  torchvision rounds MobileNetV2 widths differently: set model.backbone.channel_rounding=torchvision"
-            )
-        if mismatched and arch.startswith("mnasnet"):
-            lines.append("  a torchvision MNASNet file fits only model.backbone.depth_multiplier equal to its own")
+        if mismatched and mismatch_hint:
+            lines.append(f"  {mismatch_hint}")
         raise WeightsError("\n".join(lines))
-    model.load_state_dict({k: state_dict[tv] for k, tv in mapping.items()}, strict=True)
+    model.load_state_dict({k: state_dict[tv] for k, tv in key_map.items()}, strict=True)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -133,10 +107,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_imagenet_weights(model: nn.Module, arch: str, pretrained: Optional[str] = None, weights: Optional[str] = None) -> None:
-    """Initialise an encoder from a local torchvision file (`weights`) or torchvision's weights API."""
+def load_imagenet_weights(
+    model: nn.Module,
+    arch: str,
+    key_map: dict[str, str],
+    pretrained: Optional[str] = None,
+    weights: Optional[str] = None,
+    mismatch_hint: Optional[str] = None,
+) -> None:
+    """Initialise an encoder from a local torchvision file (`weights`) or torchvision's weights API
+    (`pretrained="imagenet"`: torchvision's `arch` weights), through the family's `key_map`."""
     if weights is not None:
-        load_torchvision_state_dict(model, read_state_dict(weights), arch, str(weights))
+        load_torchvision_state_dict(model, read_state_dict(weights), arch, key_map, str(weights), mismatch_hint)
         return
     if pretrained != "imagenet":
         raise WeightsError(f"model.backbone.pretrained must be null or 'imagenet', got {pretrained!r}")
@@ -150,4 +132,4 @@ def load_imagenet_weights(model: nn.Module, arch: str, pretrained: Optional[str]
             f"could not fetch torchvision's {enum_name} ({exc}). Download it where there is network "
             f"access and pass the file with model.backbone.weights=/path/to/{arch}.pth"
         ) from exc
-    load_torchvision_state_dict(model, state_dict, arch, enum_name)
+    load_torchvision_state_dict(model, state_dict, arch, key_map, enum_name, mismatch_hint)
