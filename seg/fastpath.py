@@ -77,6 +77,10 @@ class FastModel(nn.Module):
                 self.freeze = False
         return self._frozen
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """The wrapped segmenter's own normalisation."""
+        return self.model.normalize(images)
+
     def forward(self, x: torch.Tensor, output_size: Optional[tuple[int, int]] = None, **kwargs: Any) -> Any:
         x = x.contiguous(memory_format=torch.channels_last)
         same_size = output_size is None or tuple(output_size) == tuple(x.shape[-2:])

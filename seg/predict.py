@@ -297,7 +297,7 @@ def build_predictor(cfg: DictConfig) -> tuple[Callable[[np.ndarray], np.ndarray]
     model, stored = load_segmenter(cfg.checkpoint)
     model = fast_model(model) if p.fast else model
     mode = "fast path" if p.fast else "eager"
-    return TorchPredictor(model, stored.model.normalization, p.max_size), f"checkpoint {cfg.checkpoint} ({mode})"
+    return TorchPredictor(model, p.max_size), f"checkpoint {cfg.checkpoint} ({mode})"
 
 
 def check_model_args(cfg: DictConfig) -> None:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from seg.cli import launch, one_line_errors
 from seg.config import check_config, register_configs
 from seg.flops import count_evaluation, count_multiply_adds, count_parameters, separable_layer_example
 from seg.models import build_segmenter
 from seg.models.classifier import build_classifier
+from seg.models.segmenter import part_names
 
 register_configs()
 
@@ -50,7 +51,7 @@ def classifier(cfg: DictConfig) -> None:
     size = cfg.flops.input_size
     total = count_multiply_adds(model, size, size)
     encoder = count_multiply_adds(model.encoder, size, size)
-    backbone = OmegaConf.select(cfg, "model.backbone._target_").rsplit(".", 1)[-1]
+    backbone, _ = part_names(cfg.model)
     multiplier = cfg.model.backbone.depth_multiplier
     print(f"{backbone} (depth multiplier {multiplier}), classification form, {size}x{size} input, 1000 classes")
     print(f"{'part':<12}{'params':>14}{'multiply-adds @' + str(size):>24}")
@@ -79,8 +80,7 @@ def main(cfg: DictConfig) -> None:
     result = count_evaluation(model, size, scales, cfg.eval.flip)
     backbone_madds = count_multiply_adds(model.backbone, size, size)
     total_1x = count_multiply_adds(model, size, size)
-    backbone = OmegaConf.select(cfg, "model.backbone._target_").rsplit(".", 1)[-1]
-    head = OmegaConf.select(cfg, "model.head._target_").rsplit(".", 1)[-1]
+    backbone, head = part_names(cfg.model)
 
     print(f"{backbone} (depth multiplier {cfg.model.backbone.depth_multiplier}) + {head}, "
           f"{cfg.model.num_classes} classes, output stride {output_stride}")

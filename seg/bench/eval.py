@@ -35,7 +35,7 @@ def benchmark_eval(cfg) -> dict[str, Any]:
     height, width = dataset[0][0].shape[-2:]
     rows = {}
     for name, (scales, use_flip) in settings.items():
-        kwargs = dict(normalization=model_cfg.normalization, num_classes=model_cfg.num_classes, scales=scales,
+        kwargs = dict(num_classes=model_cfg.num_classes, scales=scales,
                       flip=use_flip, progress=False)
         evaluate(model, dataset, max_images=cfg.benchmark.warmup, **kwargs)  # warm-up
         metrics = evaluate(model, dataset, max_images=cfg.benchmark.runs, **kwargs)

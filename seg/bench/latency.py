@@ -150,18 +150,11 @@ def measure_peak(threads: int, runs: int, workdir: Path) -> dict[str, Any]:
 def checkpoint_spec(path: str, index: int) -> Spec:
     """A row for a trained checkpoint (`benchmark.latency.checkpoints`), named `trained INDEX:
     backbone + head`: timed like the others, and its int8 agreement is that of trained weights."""
-    from seg.config import HEAD_SCHEMAS
     from seg.engine.checkpoint import load_segmenter
 
     model, stored = load_segmenter(path)
-    backbone = stored.model.backbone
-    arch = backbone._target_.rsplit(".", 1)[-1]
-    if float(backbone.depth_multiplier) != 1.0:
-        arch += f" x{float(backbone.depth_multiplier):g}"
-    head = next((name for name, schema in HEAD_SCHEMAS.items() if schema._target_ == stored.model.head._target_),
-                stored.model.head._target_.rsplit(".", 1)[-1])
     normalization = getattr(stored.model.normalization, "value", stored.model.normalization)
-    return Spec(f"trained {index}: {arch} + {head}", lambda: model, checkpoint=str(path),
+    return Spec(f"trained {index}: {model.name}", lambda: model, checkpoint=str(path),
                 normalization=str(normalization), dataset=stored.dataset)
 
 

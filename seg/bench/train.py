@@ -25,6 +25,7 @@ from seg.bench.timing import timed_runs
 from seg.data import build_dataset
 from seg.engine.trainer import make_run, pick_device, train_step
 from seg.errors import ConfigError
+from seg.models.segmenter import part_names
 
 REPO = Path(__file__).resolve().parents[2]  # tools/ and conf/
 
@@ -154,9 +155,9 @@ def benchmark_train(cfg) -> dict[str, Any]:
     rows = []
     for name, model_cfg in models.items():
         rate, device = time_train_steps(model_cfg, cfg.train, crop, batch, cfg.benchmark.warmup, cfg.benchmark.runs)
-        backbone = model_cfg.backbone._target_.rsplit(".", 1)[-1]
+        backbone, head = part_names(model_cfg)
         rows.append({"config": name, "backbone": f"{backbone} x{model_cfg.backbone.depth_multiplier:g}",
-                     "head": model_cfg.head._target_.rsplit(".", 1)[-1], "images_per_s": round(rate, 2)})
+                     "head": head, "images_per_s": round(rate, 2)})
     print(f"\ntraining throughput: crop {crop}, batch {batch}, {cfg.benchmark.runs} steps timed, device {device}, "
           f"{cfg.benchmark.threads} threads\n")
     print("| config | backbone | head | images/s |\n|---|---|---|---:|")

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from seg.data import build_dataset
 from seg.data.classes import IGNORE_INDEX
-from seg.data.transforms import build_eval_transform, normalize
+from seg.data.transforms import build_eval_transform
 from seg.engine.checkpoint import load_segmenter
 from seg.engine.distributed import get_rank, get_world_size, is_main_process
 from seg.flops import MultiplyAddCounter, count_evaluation, scaled_size
@@ -78,7 +78,6 @@ def _shard(dataset: Dataset, max_images: Optional[int]) -> Dataset:
 def evaluate(
     model: nn.Module,
     dataset: Dataset,
-    normalization: str,
     num_classes: int,
     ignore_index: int = IGNORE_INDEX,
     scales: Sequence[float] = (1.0,),
@@ -106,8 +105,7 @@ def evaluate(
     bar = tqdm(loader, desc="eval", unit="img", disable=not (progress and is_main_process()), dynamic_ncols=True)
     seconds, count = 0.0, 0
     with MultiplyAddCounter(model) as counter:  # what the evaluated images really cost
-        seconds, count = _evaluate_images(model, bar, shard, matrix, device, normalization, scales, flip, pad_to,
-                                          on_prediction)
+        seconds, count = _evaluate_images(model, bar, shard, matrix, device, scales, flip, pad_to, on_prediction)
     model.train(was_training)
 
     matrix.all_reduce()
@@ -122,14 +120,13 @@ def evaluate(
     return metrics
 
 
-def _evaluate_images(model, bar, shard, matrix, device, normalization, scales, flip, pad_to,
-                     on_prediction) -> tuple[float, int]:
+def _evaluate_images(model, bar, shard, matrix, device, scales, flip, pad_to, on_prediction) -> tuple[float, int]:
     """The loop of `evaluate`: predictions into `matrix`; returns (seconds, images)."""
     seconds, count = 0.0, 0
     for position, (image, mask) in enumerate(bar):
         image, mask = image.to(device), mask.to(device)
         start = time.perf_counter()
-        x = normalize(image, normalization)
+        x = model.normalize(image)
         height, width = x.shape[-2:]
         if pad_to is not None:
             if max(height, width) > pad_to:
@@ -199,7 +196,6 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path, keep_dataset: bool = Fa
     metrics = evaluate(
         model,
         dataset,
-        stored.model.normalization,
         num_classes=stored.model.num_classes,
         ignore_index=dataset_cfg.ignore_index,
         scales=list(cfg.eval.scales),

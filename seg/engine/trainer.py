@@ -42,8 +42,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from seg.config import check_train_config
 from seg.data import build_dataset
-from seg.data.transforms import build_eval_transform, build_train_transform, normalize
-from seg.engine.cpu_share import CpuShare
+from seg.data.transforms import build_eval_transform, build_train_transform
 from seg.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -52,6 +51,7 @@ from seg.engine.checkpoint import (
     set_rng_state,
     stored_config,
 )
+from seg.engine.cpu_share import CpuShare
 from seg.engine.distributed import barrier, convert_sync_batchnorm, init_distributed
 from seg.engine.evaluator import evaluate
 from seg.engine.loss import SegmentationLoss
@@ -339,9 +339,8 @@ def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
         run = make_run(cfg, device, run_dir, train_set, val_set, rank, world_size)
         run.resume_path, run.init_path, run.lock = resume_path, init_path, lock
         if main:
-            log.info("model: %s + %s, output stride %d, %.2fM parameters",
-                     cfg.model.backbone._target_.rsplit(".", 1)[-1], cfg.model.head._target_.rsplit(".", 1)[-1],
-                     cfg.model.output_stride, sum(p.numel() for p in run.model.parameters()) / 1e6)
+            log.info("model: %s, output stride %d, %.2fM parameters", run.model.name, cfg.model.output_stride,
+                     sum(p.numel() for p in run.model.parameters()) / 1e6)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -406,7 +405,8 @@ def _load_init(model: nn.Module, path: Path, model_cfg: DictConfig) -> None:
             f"train.init_from: {path} does not fit the model: shape mismatch for {', '.join(mismatched[:5])}"
             + (f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else "")
         )
-    kept = {k: v for k, v in weights.items() if k not in dropped}
+    # The normalisation stays this run's (model.normalization); a different one was warned about above.
+    kept = {k: v for k, v in weights.items() if k not in dropped and k not in ("pixel_mean", "pixel_std")}
     missing, unexpected = model.load_state_dict(kept, strict=False)
     if set(missing) - set(dropped) or unexpected:
         bad = sorted(set(missing) - set(dropped))[:5] + sorted(unexpected)[:5]
@@ -520,7 +520,7 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor) -> float:
     (the mean over the global batch). A stop signal on any rank is shared with all of them here."""
     images = images.to(run.device, non_blocking=True)
     masks = masks.to(run.device, non_blocking=True).long()
-    x = normalize(images, run.cfg.model.normalization).contiguous(memory_format=run.memory_format)
+    x = run.model.normalize(images).contiguous(memory_format=run.memory_format)
     with run.autocast:
         logits, aux_logits = run.train_net(x)
     loss_sum, norm = run.loss(logits, aux_logits, masks)
@@ -548,15 +548,14 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor) -> float:
 
 
 @torch.inference_mode()
-def _prediction_grid(model: nn.Module, dataset: Dataset, count: int, normalization: Any,
-                     device: torch.device) -> np.ndarray:
+def _prediction_grid(model: Segmenter, dataset: Dataset, count: int, device: torch.device) -> np.ndarray:
     """Input | ground truth | prediction for the first `count` val images (TensorBoard)."""
     was_training = model.training
     model.eval()
     images, gts, preds = [], [], []
     for i in range(min(count, len(dataset))):  # type: ignore[arg-type]
         image, mask = dataset[i]
-        logits = model(normalize(image[None].to(device), normalization))
+        logits = model(model.normalize(image[None].to(device)))
         images.append(image.permute(1, 2, 0).numpy())
         gts.append(mask.numpy())
         preds.append(logits.argmax(1)[0].cpu().numpy())
@@ -568,9 +567,8 @@ def evaluate_and_log(run: Run) -> bool:
     """Val mIoU at the current iteration, to the log and TensorBoard; returns whether it is the
     best so far."""
     t = run.cfg.train
-    metrics = evaluate(run.model, run.val_set, run.cfg.model.normalization, int(run.cfg.model.num_classes),
-                       int(run.cfg.dataset.ignore_index), device=run.device, max_images=t.eval_max_images,
-                       progress=False)
+    metrics = evaluate(run.model, run.val_set, int(run.cfg.model.num_classes), int(run.cfg.dataset.ignore_index),
+                       device=run.device, max_images=t.eval_max_images, progress=False)
     it = run.iteration
     if run.writer is not None:
         run.writer.add_scalar("val/miou", metrics["miou"], it)
@@ -578,7 +576,7 @@ def evaluate_and_log(run: Run) -> bool:
         for name, iou in zip(run.cfg.dataset.class_names, metrics["per_class_iou"]):
             run.writer.add_scalar(f"val/iou/{name}", iou, it)
         if t.vis_images > 0:
-            grid = _prediction_grid(run.model, run.val_set, t.vis_images, run.cfg.model.normalization, run.device)
+            grid = _prediction_grid(run.model, run.val_set, t.vis_images, run.device)
             run.writer.add_image("val/input_gt_prediction", grid, it, dataformats="HWC")
         log.info("iteration %d: val mIoU %.4f, pixel accuracy %.4f", it, metrics["miou"], metrics["pixel_accuracy"])
     _train_mode(run.net, t.freeze_bn)  # evaluation leaves every module in training mode

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from seg.data.classes import voc_palette
-from seg.data.transforms import pixel_mean_std
 from seg.errors import SegError
 
 
@@ -32,15 +31,14 @@ class ExportWrapper(nn.Module):
       [N, C, H, W].
     """
 
-    def __init__(self, model: nn.Module, normalization: Any, include_preprocessing: bool = False,
-                 labels: bool = False) -> None:
+    def __init__(self, model: nn.Module, include_preprocessing: bool = False, labels: bool = False) -> None:
         super().__init__()
         self.model = model
         self.include_preprocessing = include_preprocessing
         self.labels = labels
-        mean, std = pixel_mean_std(normalization)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        # The model's own normalisation (a Segmenter's pixel_mean / pixel_std buffers).
+        self.register_buffer("mean", model.pixel_mean.detach().clone().view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("inv_std", 1.0 / model.pixel_std.detach().clone().view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image
@@ -79,6 +77,7 @@ def build_metadata(
     *,
     fmt: str,
     class_names: Sequence[str],
+    model: nn.Module,
     normalization: Any,
     input_size: Optional[int],
     include_preprocessing: bool,
@@ -88,9 +87,13 @@ def build_metadata(
     quantize: Optional[str] = None,
     opset: Optional[int] = None,
 ) -> dict[str, Any]:
-    """Everything an app needs to feed the model and read its output, plus its provenance."""
+    """Everything an app needs to feed the model and read its output, plus its provenance. The
+    normalisation values are the model's own (`normalization` only names them)."""
+    from seg.models.segmenter import part_names
+
     norm = getattr(normalization, "value", normalization)
-    mean, std = pixel_mean_std(norm)
+    mean, std = model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()
+    backbone, head = part_names(model_cfg)
     labels = output == "labels"
     return {
         "format": fmt,
@@ -122,9 +125,9 @@ def build_metadata(
         },
         "resize": "bilinear, align_corners=False",
         "model": {
-            "backbone": str(model_cfg.backbone._target_).rsplit(".", 1)[-1],
+            "backbone": backbone,
             "depth_multiplier": float(model_cfg.backbone.depth_multiplier),
-            "head": str(model_cfg.head._target_).rsplit(".", 1)[-1],
+            "head": head,
             "output_stride": int(model_cfg.output_stride),
         },
         "checkpoint": {"file": Path(checkpoint).name, "sha256": file_sha256(checkpoint)},

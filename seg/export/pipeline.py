@@ -127,6 +127,7 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
     metadata = build_metadata(
         fmt=fmt,
         class_names=list(stored.dataset.class_names),
+        model=model,
         normalization=normalization,
         input_size=None if e.dynamic else int(e.input_size),
         include_preprocessing=bool(e.include_preprocessing),
@@ -136,8 +137,8 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
         quantize=quantize,
         opset=e.opset,
     )
-    reference = ExportWrapper(model, normalization, e.include_preprocessing, labels)
-    exportable = ExportWrapper(fold_batchnorm(model), normalization, e.include_preprocessing, labels).eval()
+    reference = ExportWrapper(model, e.include_preprocessing, labels)
+    exportable = ExportWrapper(fold_batchnorm(model), e.include_preprocessing, labels).eval()
 
     # Real inputs, prepared exactly as predict prepares them (letterboxed for a static size).
     prepare = ExportedPredictor(lambda x: x, metadata).prepare

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seg.data.transforms import normalize, pixel_mean_std
 from seg.export.common import ExportError, read_metadata
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -149,18 +148,18 @@ def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 class TorchPredictor:
-    """Image -> labels with a PyTorch segmenter (at the image's size, capped at `max_size`)."""
+    """Image -> labels with a PyTorch segmenter (at the image's size, capped at `max_size`),
+    normalised as the model says (`model.normalize`)."""
 
-    def __init__(self, model: nn.Module, normalization: Any, max_size: int = 2048) -> None:
+    def __init__(self, model: nn.Module, max_size: int = 2048) -> None:
         self.model = model
-        self.normalization = normalization
         self.max_size = max_size
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         height, width = image.shape[:2]
         size = fit_size(height, width, self.max_size)
         scaled = resize_image(image, *size)
-        x = normalize(torch.from_numpy(np.ascontiguousarray(scaled)).permute(2, 0, 1)[None], self.normalization)
+        x = self.model.normalize(torch.from_numpy(np.ascontiguousarray(scaled)).permute(2, 0, 1)[None])
         # An image larger than the model's input: the segmenter's logits before its final resize,
         # which upsample_argmax applies strip by strip (never holding max_size^2 x classes floats).
         parts = _segmenter_parts(self.model) if size != (height, width) else None
@@ -200,15 +199,18 @@ class ExportedPredictor:
         self.runner = runner
         self.meta = metadata
         self.max_size = max_size
-        mean, _ = pixel_mean_std(metadata["normalization"]["name"])
-        self.pad_value = tuple(int(round(v)) for v in mean)
+        # The model's own normalisation, as its metadata records it (0..255 units).
+        norm = metadata["normalization"]
+        self.mean = np.asarray(norm["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(norm["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+        self.pad_value = tuple(int(round(v)) for v in norm["mean"])
 
     def model_input(self, image: np.ndarray) -> np.ndarray:
         """An HxWx3 uint8 image as the model's input array (batch of one)."""
         if self.meta["normalization"]["included"]:
             return np.ascontiguousarray(image[None])
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-        return normalize(x, self.meta["normalization"]["name"]).numpy()
+        x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
+        return (x - self.mean) / self.std
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """The model's input for `image` and the (h, w) of the part of the output that is the image."""

@@ -1,16 +1,17 @@
-"""The segmenter: backbone -> head -> bilinear resize to the input size."""
+"""The segmenter: backbone -> head -> bilinear resize to the input size. It knows its own name and
+input normalisation (mean/std buffers, saved with its weights): evaluation, prediction, export and
+the benchmarks ask the model, not the config."""
 
 from __future__ import annotations
 
-from typing import Optional
-
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pixel_mean_std
 from seg.errors import ConfigError, UnsafeFileError
 from seg.models.heads import AsppLiteHead, AuxHead, DeepLabV3Head, DeepLabV3PlusHead, LRASPPHead
 from seg.models.mnasnet import mnasnet_a1, mnasnet_b1
@@ -33,14 +34,35 @@ class Segmenter(nn.Module):
     """Composes an encoder that returns a feature dict with a head that consumes it.
 
     Works for any input size (513x513, 500x375, ...): the logits are resized to the input size.
+    `forward` takes normalised images; `normalize` makes them from 0..255 pixels with the model's
+    own `pixel_mean` / `pixel_std` (buffers, saved in its state_dict).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, output_stride: int, align_corners: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, output_stride: int, align_corners: bool = False,
+                 pixel_mean: Sequence[float] = IMAGENET_MEAN, pixel_std: Sequence[float] = IMAGENET_STD,
+                 name: str = "segmenter") -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.output_stride = output_stride
         self.align_corners = align_corners
+        self.name = name  # e.g. "mobilenet_v2 x0.5 + LRASPPHead"
+        self.register_buffer("pixel_mean", torch.tensor(list(pixel_mean), dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(list(pixel_std), dtype=torch.float32).view(1, 3, 1, 1))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(images - pixel_mean) / pixel_std as float32, for uint8 or float images in 0..255, NCHW or CHW."""
+        mean, std = self.pixel_mean, self.pixel_std
+        if images.dim() == 3:
+            mean, std = mean[0], std[0]
+        return (images.float() - mean.to(images.device)) / std.to(images.device)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written before the model held its normalisation: it comes from their config,
+        # which built this model, so the values it has now are the right ones.
+        for key in ("pixel_mean", "pixel_std"):
+            state_dict.setdefault(prefix + key, getattr(self, key))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def set_output_stride(self, output_stride: int) -> None:
         """Switch to output stride 8, 16 or 32: dilations (and ASPP rates) change, weights don't."""
@@ -110,6 +132,18 @@ def build_backbone(backbone_cfg: Any, output_stride: int) -> nn.Module:
     return builder(**kwargs, output_stride=output_stride)
 
 
+def part_names(model_cfg: Any) -> tuple[str, str]:
+    """The backbone builder's and the head's names a `model` config gives: (`mobilenet_v2`, `LRASPPHead`)."""
+    return tuple(str(OmegaConf.select(model_cfg, f"{part}._target_")).rsplit(".", 1)[-1]  # type: ignore[return-value]
+                 for part in ("backbone", "head"))
+
+
+def model_name(model_cfg: Any) -> str:
+    """What a `model` config builds, in words: `mobilenet_v2 x0.5 + LRASPPHead`."""
+    backbone, head = part_names(model_cfg)
+    return f"{backbone} x{float(OmegaConf.select(model_cfg, 'backbone.depth_multiplier')):g} + {head}"
+
+
 def build_segmenter(model_cfg: DictConfig) -> Segmenter:
     """Build the segmenter a `model` config describes: backbone and head by their `_target_`, which
     must name one of this package's builders (BACKBONE_BUILDERS, HEAD_BUILDERS)."""
@@ -124,4 +158,6 @@ def build_segmenter(model_cfg: DictConfig) -> Segmenter:
         align_corners=model_cfg.align_corners,
         **head_kwargs,
     )
-    return Segmenter(backbone, head, model_cfg.output_stride, model_cfg.align_corners)
+    mean, std = pixel_mean_std(model_cfg.normalization)
+    return Segmenter(backbone, head, model_cfg.output_stride, model_cfg.align_corners, mean, std,
+                     name=model_name(model_cfg))
