@@ -446,8 +446,12 @@ def _value_problems(cfg: Any) -> list[str]:
     m, d, t, e = cfg.model, cfg.dataset, cfg.train, cfg.eval
     need(m.output_stride in (8, 16, 32), "model.output_stride", "must be 8, 16 or 32")
     need(m.num_classes > 0, "model.num_classes", "must be > 0")
-    need(OmegaConf.select(m, "head.dropout", default=0.0) is None
-         or 0.0 <= OmegaConf.select(m, "head.dropout", default=0.0) < 1.0, "model.head.dropout", "must be in [0, 1)")
+    need(
+        OmegaConf.select(m, "head.dropout", default=0.0) is None
+        or 0.0 <= OmegaConf.select(m, "head.dropout", default=0.0) < 1.0,
+        "model.head.dropout",
+        "must be in [0, 1)",
+    )
     need(d.num_workers >= 0, "dataset.num_workers", "must be >= 0")
     need(t.max_iters > 0, "train.max_iters", "must be > 0")
     need(t.batch_size > 0, "train.batch_size", "must be > 0")
@@ -456,7 +460,11 @@ def _value_problems(cfg: Any) -> list[str]:
     need(t.momentum >= 0, "train.momentum", "must be >= 0")
     need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     need(t.poly_power >= 0, "train.poly_power", "must be >= 0")
-    need(0 <= t.warmup_iters < max(t.max_iters, 1), "train.warmup_iters", f"must be in [0, train.max_iters={t.max_iters})")
+    need(
+        0 <= t.warmup_iters < max(t.max_iters, 1),
+        "train.warmup_iters",
+        f"must be in [0, train.max_iters={t.max_iters})",
+    )
     need(0 < t.warmup_factor <= 1, "train.warmup_factor", "must be in (0, 1]")
     need(t.backbone_lr_mult >= 0, "train.backbone_lr_mult", "must be >= 0")
     need(t.scale_min > 0, "train.scale_min", "must be > 0")
@@ -470,11 +478,16 @@ def _value_problems(cfg: Any) -> list[str]:
     positive_or_none("train.eval_max_images")
     positive_or_none("train.cpu_threads")
     if t.class_weights is not None:
-        need(len(t.class_weights) == m.num_classes, "train.class_weights",
-             f"has {len(t.class_weights)} values for {m.num_classes} classes (model.num_classes)")
+        need(
+            len(t.class_weights) == m.num_classes,
+            "train.class_weights",
+            f"has {len(t.class_weights)} values for {m.num_classes} classes (model.num_classes)",
+        )
         need(all(w >= 0 for w in t.class_weights), "train.class_weights", "must all be >= 0")
     need(len(e.scales) > 0 and all(s > 0 for s in e.scales), "eval.scales", "must be a non-empty list of values > 0")
-    need(e.output_stride is None or e.output_stride in (8, 16, 32), "eval.output_stride", "must be 8, 16 or 32 (or null)")
+    need(
+        e.output_stride is None or e.output_stride in (8, 16, 32), "eval.output_stride", "must be 8, 16 or 32 (or null)"
+    )
     positive_or_none("eval.max_images")
     positive_or_none("eval.pad_to")
     x = cfg.export

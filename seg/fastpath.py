@@ -72,8 +72,11 @@ class FastModel(nn.Module):
                     traced = torch.jit.trace(self.model, (x,), check_trace=False)
                     self._frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
             except Exception as exc:  # not traceable (or TorchScript gone): the eager fast path still works
-                log.warning("fast path: the graph could not be frozen (%s: %s); running the folded model eagerly",
-                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                log.warning(
+                    "fast path: the graph could not be frozen (%s: %s); running the folded model eagerly",
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
                 self.freeze = False
         return self._frozen
 

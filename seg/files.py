@@ -66,8 +66,9 @@ def require_writable(path: PathLike, key: str) -> None:
         with tempfile.TemporaryFile(dir=ancestor):
             pass
     except OSError as exc:
-        raise UnwritableError(f"{key}={path}: cannot write in {ancestor} ({exc.strerror}); choose a writable "
-                              "location") from None
+        raise UnwritableError(
+            f"{key}={path}: cannot write in {ancestor} ({exc.strerror}); choose a writable location"
+        ) from None
 
 
 def remove_stale_temporaries(folder: PathLike, pattern: str = ".*.tmp") -> list[Path]:
@@ -116,8 +117,12 @@ class RunLock:
                 "hydra.run.dir, or wait until that run ends"
             ) from None
         os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
-                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": " ".join(sys.argv),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         os.write(fd, json.dumps(info).encode())
         os.fsync(fd)
         self._fd = fd
@@ -131,8 +136,7 @@ class RunLock:
             return "another process"
         if not info:
             return "another process"
-        return (f"process {info.get('pid')} on {info.get('host')} (since {info.get('since')}: "
-                f"{info.get('command', '')})")
+        return f"process {info.get('pid')} on {info.get('host')} (since {info.get('since')}: {info.get('command', '')})"
 
     def release(self) -> None:
         if self._fd is not None:

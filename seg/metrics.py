@@ -17,8 +17,7 @@ from seg.data.classes import IGNORE_INDEX
 class ConfusionMatrix:
     """``num_classes x num_classes`` int64 pixel counts; rows = ground truth, cols = prediction."""
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str = "cpu") -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
@@ -32,8 +31,7 @@ class ConfusionMatrix:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add class-index predictions and targets of the same shape ([N,H,W] or [H,W])."""
         if pred.shape != target.shape:
-            raise ValueError(f"pred shape {tuple(pred.shape)} != target shape "
-                             f"{tuple(target.shape)}")
+            raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
         n = self.num_classes
         pred = pred.reshape(-1).to(device=self.mat.device, dtype=torch.int64)
         target = target.reshape(-1).to(device=self.mat.device, dtype=torch.int64)
@@ -42,8 +40,7 @@ class ConfusionMatrix:
         target, pred = target[keep], pred[keep]
         # An out-of-range prediction is a bug upstream; dropping it would hide errors.
         if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= n):
-            raise ValueError(f"predictions must lie in [0, {n}), got range "
-                             f"[{int(pred.min())}, {int(pred.max())}]")
+            raise ValueError(f"predictions must lie in [0, {n}), got range [{int(pred.min())}, {int(pred.max())}]")
         idx = target * n + pred
         self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n)
 

@@ -20,6 +20,7 @@ import os
 import secrets
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -170,7 +171,11 @@ def list_inputs(path: str | os.PathLike) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise PredictError(f"input not found: {path}")
-    return sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    return sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
 
 
 def _output_stem(file: Path, root: Path, taken: set[str]) -> str:
@@ -199,8 +204,7 @@ def check_no_clash(root: Path, files: list[Path], output: Path) -> None:
     if root.is_dir() and same_or_inside(out, root):
         where = "is the input folder" if out == root.resolve() else f"lies inside the input folder {root}"
         raise FileClashError(
-            f"output={output} {where}: predict never writes among its inputs; choose an output folder "
-            f"outside {root}"
+            f"output={output} {where}: predict never writes among its inputs; choose an output folder outside {root}"
         )
     for file in files:
         resolved = file.resolve()
@@ -284,8 +288,10 @@ def build_predictor(cfg: DictConfig) -> tuple[Callable[[np.ndarray], np.ndarray]
         predictor = load_exported(p.model, p.threads, p.max_size)
         meta = predictor.meta
         size = meta["input"]["height"]
-        return predictor, (f"model {p.model} ({meta['format']}{', int8' if meta.get('quantize') else ''}, "
-                           f"{f'{size}x{size}' if size else 'dynamic size'})")
+        return predictor, (
+            f"model {p.model} ({meta['format']}{', int8' if meta.get('quantize') else ''}, "
+            f"{f'{size}x{size}' if size else 'dynamic size'})"
+        )
     import torch
 
     from seg.engine.checkpoint import load_segmenter
@@ -308,7 +314,9 @@ def check_model_args(cfg: DictConfig) -> None:
 
     p = cfg.predict
     if bool(cfg.checkpoint) == bool(p.model):
-        raise PredictError("give exactly one of checkpoint=PATH (a training checkpoint) or model=FILE (an exported model)")
+        raise PredictError(
+            "give exactly one of checkpoint=PATH (a training checkpoint) or model=FILE (an exported model)"
+        )
     if p.model:
         refuse_checkpoint(p.model)
         return
@@ -320,9 +328,20 @@ def check_model_args(cfg: DictConfig) -> None:
         )
 
 
+def _overlay_into(image: np.ndarray, labels: np.ndarray, alpha: float, path: Path) -> None:
+    """The overlay JPEG, built in the image's own memory (the image is not needed afterwards)."""
+    save_overlay_jpeg(image, labels, path, alpha, 90, reuse_image=True)
+
+
 def predict_files(
-    predictor: Callable[[np.ndarray], np.ndarray], files: list[Path], root: Path, output: Path, alpha: float = 0.5,
-    log: Callable[[str], None] = print, overwrite: bool = False, stems: Optional[dict[Path, str]] = None,
+    predictor: Callable[[np.ndarray], np.ndarray],
+    files: list[Path],
+    root: Path,
+    output: Path,
+    alpha: float = 0.5,
+    log: Callable[[str], None] = print,
+    overwrite: bool = False,
+    stems: Optional[dict[Path, str]] = None,
 ) -> dict[str, int]:
     """Predict each file; unreadable files are reported (one line each) and skipped.
 
@@ -350,10 +369,10 @@ def predict_files(
         labels = predictor(image)
         seconds = time.perf_counter() - start
         mask_path, overlay_path = output_paths(output, stems[file])
-        _write_atomic(mask_path, lambda tmp: save_palette_png(labels, tmp))
+        _write_atomic(mask_path, partial(save_palette_png, labels))
         if max(height, width) <= JPEG_MAX_SIDE:
             # The image is not needed after this: the overlay is built in its memory.
-            _write_atomic(overlay_path, lambda tmp: save_overlay_jpeg(image, labels, tmp, alpha, 90, reuse_image=True))
+            _write_atomic(overlay_path, partial(_overlay_into, image, labels, alpha))
         else:
             log(f"no overlay for {file}: JPEG allows at most {JPEG_MAX_SIDE} pixels a side")
         del image, labels  # before the next image is read
@@ -379,5 +398,8 @@ def run_predict(cfg: DictConfig, log: Callable[[str], None] = print) -> dict[str
     predictor, what = build_predictor(cfg)
     log(f"predicting {len(files)} file(s) with {what}")
     counts = predict_files(predictor, files, root, output, p.alpha, log, bool(p.overwrite), stems)
-    log(f"{counts['images']} image(s) written to {p.output}" + (f", {counts['skipped']} skipped" if counts["skipped"] else ""))
+    log(
+        f"{counts['images']} image(s) written to {p.output}"
+        + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
+    )
     return counts

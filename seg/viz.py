@@ -89,8 +89,14 @@ class ImageWriteError(SegError, OSError):
     """An image file that the encoder could not write (the message names it)."""
 
 
-def save_overlay_jpeg(image: np.ndarray, mask: np.ndarray, path: str | os.PathLike, alpha: float = 0.5,
-                      quality: int = 90, reuse_image: bool = False) -> None:
+def save_overlay_jpeg(
+    image: np.ndarray,
+    mask: np.ndarray,
+    path: str | os.PathLike,
+    alpha: float = 0.5,
+    quality: int = 90,
+    reuse_image: bool = False,
+) -> None:
     """Write :func:`overlay` of ``image`` and ``mask`` as a JPEG at ``path`` (whose name must end in
     .jpg or .jpeg). The overlay is computed in strips and the encoder reads it row by row; with
     ``reuse_image`` the overlay is built in the image's own memory (the image is overwritten), so a
@@ -115,9 +121,12 @@ def save_overlay_jpeg(image: np.ndarray, mask: np.ndarray, path: str | os.PathLi
         raise ImageWriteError(f"cannot write {path}: the JPEG encoder failed (disk full, or not writable?)")
 
 
-def confusion_matrix_figure(matrix: Sequence[Sequence[float]] | np.ndarray,
-                            class_names: Sequence[str], normalize: bool = True,
-                            title: str | None = None) -> Figure:
+def confusion_matrix_figure(
+    matrix: Sequence[Sequence[float]] | np.ndarray,
+    class_names: Sequence[str],
+    normalize: bool = True,
+    title: str | None = None,
+) -> Figure:
     """Heat map of a confusion matrix (rows = ground truth, cols = prediction).
 
     With ``normalize`` each row is divided by its sum, so a cell reads "fraction of this class's
@@ -153,21 +162,24 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[float]] | np.ndarray,
                 if v == 0:
                     continue
                 text = f"{v:.2f}" if normalize else f"{int(v)}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=6,
-                        color="white" if v > threshold else "black")
+                ax.text(j, i, text, ha="center", va="center", fontsize=6, color="white" if v > threshold else "black")
     fig.tight_layout()
     return fig
 
 
-def save_confusion_matrix_png(matrix: Sequence[Sequence[float]] | np.ndarray,
-                              class_names: Sequence[str], path: str | os.PathLike,
-                              normalize: bool = True) -> None:
+def save_confusion_matrix_png(
+    matrix: Sequence[Sequence[float]] | np.ndarray,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    normalize: bool = True,
+) -> None:
     """Write :func:`confusion_matrix_figure` to a PNG file."""
     confusion_matrix_figure(matrix, class_names, normalize=normalize).savefig(path)
 
 
-def image_grid(images: Sequence[np.ndarray], gts: Sequence[np.ndarray],
-               preds: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
+def image_grid(
+    images: Sequence[np.ndarray], gts: Sequence[np.ndarray], preds: Sequence[np.ndarray], pad: int = 2
+) -> np.ndarray:
     """Rows of input | ground truth | prediction as one HxWx3 uint8 image (e.g. for TensorBoard).
 
     ``images`` are HxWx3 uint8 RGB; ``gts`` and ``preds`` HxW index masks. Samples of different
@@ -183,5 +195,5 @@ def image_grid(images: Sequence[np.ndarray], gts: Sequence[np.ndarray],
         for c, tile in enumerate((np.asarray(im, dtype=np.uint8), colorize(gt), colorize(pr))):
             th, tw = tile.shape[:2]
             y, x = pad + r * cell_h, pad + c * cell_w
-            grid[y:y + th, x:x + tw] = tile
+            grid[y : y + th, x : x + tw] = tile
     return grid

@@ -6,7 +6,7 @@
     python tools/benchmark.py train benchmark.train.contention=[none,busy,training]  # the default run beside others
     python tools/benchmark.py eval                      # single-scale vs multi-scale + flip evaluation speed
     python tools/benchmark.py tradeoff                  # encoders: latency vs multiply-adds, plot + table
-    python tools/benchmark.py latency                   # deploy: our models and peers, eager / fast / ONNX Runtime fp32, int8
+    python tools/benchmark.py latency                   # our models and peers: eager / fast / ONNX Runtime fp32, int8
     python tools/benchmark.py latency benchmark.latency.checkpoints=[outputs/.../checkpoints/best.pt]
 
 Prints a markdown table and, last, one JSON line, also written to `benchmark.output` (default:

@@ -42,8 +42,12 @@ def main(cfg: DictConfig) -> None:
     state = convert_deeplab(source, cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(output, state)
-    log.info("converted %d tensors from %s (sha256 %s)", len(state["provenance"]["mapping"]), source,
-             state["provenance"]["sha256"][:16])
+    log.info(
+        "converted %d tensors from %s (sha256 %s)",
+        len(state["provenance"]["mapping"]),
+        source,
+        state["provenance"]["sha256"][:16],
+    )
     print(f"wrote {output}")
 
 

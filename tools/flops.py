@@ -31,13 +31,13 @@ register_configs()
 
 
 def layer_example(cfg: DictConfig) -> None:
-    e = separable_layer_example(cfg.flops.layer.size, cfg.flops.layer.in_channels, cfg.flops.layer.out_channels,
-                                cfg.flops.layer.kernel)
+    e = separable_layer_example(
+        cfg.flops.layer.size, cfg.flops.layer.in_channels, cfg.flops.layer.out_channels, cfg.flops.layer.kernel
+    )
     h, di, dj, k = e["size"], e["in_channels"], e["out_channels"], e["kernel"]
     print(f"one layer: {h}x{h}x{di} -> {h}x{h}x{dj}, {k}x{k} kernel, stride 1")
     print(f"{'layer':<22}{'formula':<22}{'by formula':>15}{'by hooks':>15}{'params, BN incl.':>18}")
-    rows = [("standard conv", "h*w*d_i*d_j*k^2", "standard"),
-            ("depthwise-separable", "h*w*d_i*(k^2+d_j)", "separable")]
+    rows = [("standard conv", "h*w*d_i*d_j*k^2", "standard"), ("depthwise-separable", "h*w*d_i*(k^2+d_j)", "separable")]
     for label, formula, key in rows:
         print(f"{label:<22}{formula:<22}{e['formula'][key]:>15,}{e['hooks'][key]:>15,}{e['params'][key]:>18,}")
     print(f"separable / standard = {e['ratio']:.4f}; 1/d_j + 1/k^2 = 1/{dj} + 1/{k * k} = {e['ratio_formula']:.4f}")
@@ -58,8 +58,18 @@ def classifier(cfg: DictConfig) -> None:
     print(f"{'encoder':<12}{count_parameters(model.encoder):>14,}{encoder / 1e6:>23.1f}M")
     print(f"{'top':<12}{count_parameters(model.top):>14,}{(total - encoder) / 1e6:>23.1f}M")
     print(f"{'total':<12}{count_parameters(model):>14,}{total / 1e6:>23.1f}M")
-    print(json.dumps({"madds": total, "params": count_parameters(model), "input_size": size, "classifier": True,
-                      "backbone": backbone, "depth_multiplier": multiplier}))
+    print(
+        json.dumps(
+            {
+                "madds": total,
+                "params": count_parameters(model),
+                "input_size": size,
+                "classifier": True,
+                "backbone": backbone,
+                "depth_multiplier": multiplier,
+            }
+        )
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -82,8 +92,10 @@ def main(cfg: DictConfig) -> None:
     total_1x = count_multiply_adds(model, size, size)
     backbone, head = part_names(cfg.model)
 
-    print(f"{backbone} (depth multiplier {cfg.model.backbone.depth_multiplier}) + {head}, "
-          f"{cfg.model.num_classes} classes, output stride {output_stride}")
+    print(
+        f"{backbone} (depth multiplier {cfg.model.backbone.depth_multiplier}) + {head}, "
+        f"{cfg.model.num_classes} classes, output stride {output_stride}"
+    )
     print(f"{'part':<12}{'params':>14}{'multiply-adds @' + str(size):>24}")
     print(f"{'backbone':<12}{count_parameters(model.backbone):>14,}{backbone_madds / 1e9:>23.3f}B")
     print(f"{'head':<12}{count_parameters(model.head):>14,}{(total_1x - backbone_madds) / 1e9:>23.3f}B")

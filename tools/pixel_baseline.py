@@ -63,9 +63,11 @@ def main(cfg: DictConfig) -> None:
     metrics = pixel_colour_baseline(cfg.dataset)
     for name, iou in zip(cfg.dataset.class_names, metrics["per_class_iou"]):
         print(f"{name:<16}{'n/a' if np.isnan(iou) else f'{100 * iou:.2f}':>8}")
-    print(f"per-pixel colour classifier: val mIoU {metrics['miou']:.4f}, pixel accuracy "
-          f"{metrics['pixel_accuracy']:.4f} ({metrics['num_train_images']} train / "
-          f"{metrics['num_val_images']} val images)")
+    print(
+        f"per-pixel colour classifier: val mIoU {metrics['miou']:.4f}, pixel accuracy "
+        f"{metrics['pixel_accuracy']:.4f} ({metrics['num_train_images']} train / "
+        f"{metrics['num_val_images']} val images)"
+    )
     summary = {k: metrics[k] for k in ("miou", "pixel_accuracy", "mean_class_accuracy", "num_val_images")}
     print(json.dumps(summary))
 

@@ -66,8 +66,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--coco-root", required=True, type=Path, help="folder holding annotations/, train2017/, val2017/")
     ap.add_argument("--splits", nargs="+", default=["train2017", "val2017"])
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes")
-    ap.add_argument("--skip-bad", action="store_true",
-                    help="leave out images with bad annotations (with a counted warning) instead of stopping")
+    ap.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out images with bad annotations (with a counted warning) instead of stopping",
+    )
     args = ap.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")

@@ -56,8 +56,10 @@ def prepare(voc_root: Path, sbd_root: Path, workers: int) -> dict[str, int]:
         raise DatasetError(f"SBD mask not found: {missing[0]} ({len(missing)} missing, see data/README.md)")
     no_image = [i for i in ids if not (voc / "JPEGImages" / f"{i}.jpg").is_file()]
     if no_image:
-        raise DatasetError(f"image not found: {voc / 'JPEGImages' / (no_image[0] + '.jpg')} "
-                           f"({len(no_image)} missing; SBD's images are all in VOC 2012's JPEGImages)")
+        raise DatasetError(
+            f"image not found: {voc / 'JPEGImages' / (no_image[0] + '.jpg')} "
+            f"({len(no_image)} missing; SBD's images are all in VOC 2012's JPEGImages)"
+        )
 
     print(f"{len(ids)} train_aug images: {len(ids) - len(jobs)} masks present, converting {len(jobs)}")
     if jobs:
@@ -96,8 +98,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ok &= good
         print(f"{split:>10}: {counts[split]:>6} images (expected {expected}){'' if good else '  <-- MISMATCH'}")
     if not ok and not args.skip_count_check:
-        print("error: split sizes differ from VOC 2012 + SBD's; is a download incomplete? "
-              "(--skip-count-check accepts them)", file=sys.stderr)
+        print(
+            "error: split sizes differ from VOC 2012 + SBD's; is a download incomplete? "
+            "(--skip-count-check accepts them)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -33,8 +33,11 @@ def benchmark_data(cfg) -> dict[str, Any]:
     """Images/s through the training loader for each `benchmark.workers` count."""
     torch.set_num_threads(cfg.benchmark.threads)
     t = cfg.train
-    transform = SeededTransform(build_train_transform(
-        t.crop_size, t.scale_min, t.scale_max, t.scale_step, t.flip, cfg.dataset.ignore_index, jitter=t.jitter))
+    transform = SeededTransform(
+        build_train_transform(
+            t.crop_size, t.scale_min, t.scale_max, t.scale_step, t.flip, cfg.dataset.ignore_index, jitter=t.jitter
+        )
+    )
     dataset = build_dataset(cfg.dataset, "train", transform)
     batch = min(t.batch_size, len(dataset))
     pin_memory = pick_device(t.device).type == "cuda"
@@ -44,10 +47,18 @@ def benchmark_data(cfg) -> dict[str, Any]:
         rate = _loader_rate(loader, batch, cfg.benchmark.warmup, cfg.benchmark.runs)
         rows.append({"workers": int(workers), "images_per_s": round(rate, 1)})
     name = getattr(cfg.dataset.name, "value", cfg.dataset.name)
-    print(f"\nloader throughput: dataset={name} ({len(dataset)} train images), crop {t.crop_size}, "
-          f"batch {batch}, {cfg.benchmark.runs} batches timed\n")
+    print(
+        f"\nloader throughput: dataset={name} ({len(dataset)} train images), crop {t.crop_size}, "
+        f"batch {batch}, {cfg.benchmark.runs} batches timed\n"
+    )
     print("| workers | images/s | ms/image |\n|---:|---:|---:|")
     for r in rows:
         print(f"| {r['workers']} | {r['images_per_s']:.1f} | {1000 / r['images_per_s']:.2f} |")
-    return {"task": "data", "dataset": name, "crop_size": t.crop_size, "batch_size": batch,
-            "threads": cfg.benchmark.threads, "results": rows}
+    return {
+        "task": "data",
+        "dataset": name,
+        "crop_size": t.crop_size,
+        "batch_size": batch,
+        "threads": cfg.benchmark.threads,
+        "results": rows,
+    }

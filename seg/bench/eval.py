@@ -35,23 +35,38 @@ def benchmark_eval(cfg) -> dict[str, Any]:
     height, width = dataset[0][0].shape[-2:]
     rows = {}
     for name, (scales, use_flip) in settings.items():
-        kwargs = dict(num_classes=model_cfg.num_classes, scales=scales,
-                      flip=use_flip, progress=False)
+        kwargs = dict(num_classes=model_cfg.num_classes, scales=scales, flip=use_flip, progress=False)
         evaluate(model, dataset, max_images=cfg.benchmark.warmup, **kwargs)  # warm-up
         metrics = evaluate(model, dataset, max_images=cfg.benchmark.runs, **kwargs)
         madds = count_evaluation(model, max(height, width), scales, use_flip)["madds"]
-        rows[name] = {"scales": scales, "flip": use_flip, "seconds_per_image": metrics["seconds_per_image"],
-                      "madds": madds}
+        rows[name] = {
+            "scales": scales,
+            "flip": use_flip,
+            "seconds_per_image": metrics["seconds_per_image"],
+            "madds": madds,
+        }
     time_ratio = rows["multi_scale_flip"]["seconds_per_image"] / rows["single_scale"]["seconds_per_image"]
     madds_ratio = rows["multi_scale_flip"]["madds"] / rows["single_scale"]["madds"]
-    print(f"\nevaluation speed: {len(dataset)} val images of {height}x{width}, {cfg.benchmark.runs} timed, "
-          f"{cfg.benchmark.threads} threads, output stride {model.output_stride}\n")
+    print(
+        f"\nevaluation speed: {len(dataset)} val images of {height}x{width}, {cfg.benchmark.runs} timed, "
+        f"{cfg.benchmark.threads} threads, output stride {model.output_stride}\n"
+    )
     print("| setting | scales | flip | s/image | multiply-adds |\n|---|---|---|---:|---:|")
     for name, r in rows.items():
-        print(f"| {name} | {','.join(f'{s:g}' for s in r['scales'])} | {r['flip']} | "
-              f"{r['seconds_per_image']:.4f} | {r['madds'] / 1e9:.2f}B |")
-    print(f"\ntime ratio {time_ratio:.2f} vs multiply-add ratio {madds_ratio:.2f} "
-          f"({100 * (time_ratio / madds_ratio - 1):+.1f}%)")
-    return {"task": "eval", "image_size": [int(height), int(width)], "threads": cfg.benchmark.threads,
-            "output_stride": model.output_stride, "results": rows, "time_ratio": time_ratio,
-            "madds_ratio": madds_ratio}
+        print(
+            f"| {name} | {','.join(f'{s:g}' for s in r['scales'])} | {r['flip']} | "
+            f"{r['seconds_per_image']:.4f} | {r['madds'] / 1e9:.2f}B |"
+        )
+    print(
+        f"\ntime ratio {time_ratio:.2f} vs multiply-add ratio {madds_ratio:.2f} "
+        f"({100 * (time_ratio / madds_ratio - 1):+.1f}%)"
+    )
+    return {
+        "task": "eval",
+        "image_size": [int(height), int(width)],
+        "threads": cfg.benchmark.threads,
+        "output_stride": model.output_stride,
+        "results": rows,
+        "time_ratio": time_ratio,
+        "madds_ratio": madds_ratio,
+    }

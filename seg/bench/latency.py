@@ -49,11 +49,17 @@ def _ours(backbone: str, head: str, depth_multiplier: float = 1.0) -> Callable[[
         from seg.config import HEAD_SCHEMAS, BackboneConfig, ModelConfig
         from seg.models import build_segmenter
 
-        target = {"mnv2": "seg.models.mobilenet_v2.mobilenet_v2",
-                  "mnv3_large": "seg.models.mobilenet_v3.mobilenet_v3_large"}[backbone]
-        cfg = OmegaConf.structured(ModelConfig(
-            backbone=BackboneConfig(_target_=target, depth_multiplier=depth_multiplier),
-            head=HEAD_SCHEMAS[head](), num_classes=21))
+        target = {
+            "mnv2": "seg.models.mobilenet_v2.mobilenet_v2",
+            "mnv3_large": "seg.models.mobilenet_v3.mobilenet_v3_large",
+        }[backbone]
+        cfg = OmegaConf.structured(
+            ModelConfig(
+                backbone=BackboneConfig(_target_=target, depth_multiplier=depth_multiplier),
+                head=HEAD_SCHEMAS[head](),
+                num_classes=21,
+            )
+        )
         return build_segmenter(cfg)
 
     return build
@@ -102,12 +108,25 @@ SPECS = [
     Spec("mnv2+aspp_lite", _ours("mnv2", "aspp_lite")),
     Spec("mnv2+deeplabv3plus", _ours("mnv2", "deeplabv3plus")),
     Spec("mnv3_large+lraspp", _ours("mnv3_large", "lraspp")),
-    Spec("tv lraspp_mobilenet_v3_large", _torchvision("lraspp_mobilenet_v3_large"), peer=True,
-         float_modules=("backbone.0", "backbone.1")),
-    Spec("tv deeplabv3_mobilenet_v3_large", _torchvision("deeplabv3_mobilenet_v3_large"), peer=True,
-         float_modules=("backbone.0", "backbone.1")),
-    Spec("smp DeepLabV3Plus(mobilenet_v2)", _smp_deeplabv3plus, peer=True, multiple_of_16=True,
-         float_modules=("encoder.features.0", "encoder.features.1")),
+    Spec(
+        "tv lraspp_mobilenet_v3_large",
+        _torchvision("lraspp_mobilenet_v3_large"),
+        peer=True,
+        float_modules=("backbone.0", "backbone.1"),
+    ),
+    Spec(
+        "tv deeplabv3_mobilenet_v3_large",
+        _torchvision("deeplabv3_mobilenet_v3_large"),
+        peer=True,
+        float_modules=("backbone.0", "backbone.1"),
+    ),
+    Spec(
+        "smp DeepLabV3Plus(mobilenet_v2)",
+        _smp_deeplabv3plus,
+        peer=True,
+        multiple_of_16=True,
+        float_modules=("encoder.features.0", "encoder.features.1"),
+    ),
 ]
 
 
@@ -129,9 +148,12 @@ def measure_peak(threads: int, runs: int, workdir: Path) -> dict[str, Any]:
         conv_torch = time_call(lambda: conv(x), 2, runs)
     weight = numpy_helper.from_array(conv.weight.detach().contiguous().numpy(), "w")
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"])], "conv1x1",
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "conv1x1",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, hw, hw])], [weight])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, hw, hw])],
+        [weight],
+    )
     path = workdir / "conv1x1.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     session = onnx_session(path, threads)
@@ -154,11 +176,18 @@ def checkpoint_spec(path: str, index: int) -> Spec:
 
     model, stored = load_segmenter(path)
     normalization = getattr(stored.model.normalization, "value", stored.model.normalization)
-    return Spec(f"trained {index}: {model.name}", lambda: model, checkpoint=str(path),
-                normalization=str(normalization), dataset=stored.dataset)
+    return Spec(
+        f"trained {index}: {model.name}",
+        lambda: model,
+        checkpoint=str(path),
+        normalization=str(normalization),
+        dataset=stored.dataset,
+    )
 
 
-def _real_inputs(dataset_cfg: Any, split: str, count: int, size: int, normalization: str = "imagenet") -> list[np.ndarray]:
+def _real_inputs(
+    dataset_cfg: Any, split: str, count: int, size: int, normalization: str = "imagenet"
+) -> list[np.ndarray]:
     """`count` images of a split resized to fill size x size (no padding: every pixel is image, so
     the agreement counts only real content), normalised, NCHW float."""
     from seg.data import build_dataset
@@ -170,7 +199,9 @@ def _real_inputs(dataset_cfg: Any, split: str, count: int, size: int, normalizat
     out = []
     for i in idx:
         image = resize_image(dataset[int(i)][0], size, size)
-        out.append(normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None], normalization).numpy())
+        out.append(
+            normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None], normalization).numpy()
+        )
     return out
 
 
@@ -186,7 +217,9 @@ def recalibrate_batchnorm(model: nn.Module, images: np.ndarray) -> None:
     model.eval()
 
 
-def _prepare_model(spec: Spec, cfg: Any, workdir: Path, images: Callable[[Spec, str, int], list]) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
+def _prepare_model(
+    spec: Spec, cfg: Any, workdir: Path, images: Callable[[Spec, str, int], list]
+) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
     """Build one model in every requested mode: its table row (sizes, int8 agreement) and one
     zero-argument call per mode, to be timed. `images(spec, split, size)` gives real inputs."""
     lat = cfg.benchmark.latency
@@ -197,8 +230,14 @@ def _prepare_model(spec: Spec, cfg: Any, workdir: Path, images: Callable[[Spec, 
     if spec.checkpoint is None:
         recalibrate_batchnorm(model, np.concatenate(calib))
     macs = count_multiply_adds(model, size, size)
-    row: dict[str, Any] = {"model": spec.name, "peer": spec.peer, "input_size": size, "multiply_adds": macs,
-                           "params": sum(p.numel() for p in model.parameters()), "checkpoint": spec.checkpoint}
+    row: dict[str, Any] = {
+        "model": spec.name,
+        "peer": spec.peer,
+        "input_size": size,
+        "multiply_adds": macs,
+        "params": sum(p.numel() for p in model.parameters()),
+        "checkpoint": spec.checkpoint,
+    }
     x = torch.randn(1, 3, size, size)
     calls: dict[str, Callable[[], Any]] = {}
     modes = list(lat.modes)
@@ -273,9 +312,18 @@ def benchmark_latency(cfg: Any) -> dict[str, Any]:
         time_in_turns(prepared, b.warmup, b.runs)
         rows = [row for row, _ in prepared]
     dataset = getattr(cfg.dataset.name, "value", cfg.dataset.name)
-    result = {"task": "latency", "threads": b.threads, "warmup": b.warmup, "runs": b.runs,
-              "torch": torch.__version__, "onnxruntime": ort_version(), "dataset": dataset,
-              "peak": peak, "results": rows, "skipped": skipped}
+    result = {
+        "task": "latency",
+        "threads": b.threads,
+        "warmup": b.warmup,
+        "runs": b.runs,
+        "torch": torch.__version__,
+        "onnxruntime": ort_version(),
+        "dataset": dataset,
+        "peak": peak,
+        "results": rows,
+        "skipped": skipped,
+    }
     result["targets"] = targets(result)
     print()
     print(format_table(result))
@@ -298,29 +346,54 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
     ours, peer = rows.get("mnv2+deeplabv3plus", {}), rows.get("smp DeepLabV3Plus(mobilenet_v2)", {})
     fast, eager = _ms(ours, "fast"), _ms(peer, "eager")
-    add("mnv2+deeplabv3plus fast path vs smp DeepLabV3Plus(mobilenet_v2) eager (speed-up)",
-        eager / fast if fast and eager else None, 1.5, f"{fast and round(fast, 1)} ms vs {eager and round(eager, 1)} ms")
+    add(
+        "mnv2+deeplabv3plus fast path vs smp DeepLabV3Plus(mobilenet_v2) eager (speed-up)",
+        eager / fast if fast and eager else None,
+        1.5,
+        f"{fast and round(fast, 1)} ms vs {eager and round(eager, 1)} ms",
+    )
     peak = result["peak"]["conv1x1_gflops"]
     for r in result["results"]:
         if not r["peer"] and not r.get("checkpoint") and "ort_fp32" in r:
-            add(f"{r['model']} ONNX Runtime fp32, fraction of the 1x1-conv peak",
-                r["ort_fp32"]["gflops"] / peak, 0.75, f"{r['ort_fp32']['gflops']:.1f} of {peak:.1f} GFLOP/s")
+            add(
+                f"{r['model']} ONNX Runtime fp32, fraction of the 1x1-conv peak",
+                r["ort_fp32"]["gflops"] / peak,
+                0.75,
+                f"{r['ort_fp32']['gflops']:.1f} of {peak:.1f} GFLOP/s",
+            )
     for r in result["results"]:
         if r["model"].startswith("mnv2") and "ort_int8" in r and "ort_fp32" in r:
             fp32, int8 = r["ort_fp32"]["median_ms"], r["ort_int8"]["median_ms"]
-            add(f"{r['model']} ONNX Runtime int8 vs fp32 (speed-up)", fp32 / int8, 2.0, f"{fp32:.1f} ms vs {int8:.1f} ms")
+            add(
+                f"{r['model']} ONNX Runtime int8 vs fp32 (speed-up)",
+                fp32 / int8,
+                2.0,
+                f"{fp32:.1f} ms vs {int8:.1f} ms",
+            )
     # Agreement means something for trained weights only: random ones have no margin to keep.
     trained = [r for r in result["results"] if r.get("checkpoint") and r.get("int8_agreement") is not None]
     for r in trained:
-        add(f"{r['model']} int8 argmax agreement with fp32 (real val images)", r["int8_agreement"], 0.98,
-            r["checkpoint"])
+        add(
+            f"{r['model']} int8 argmax agreement with fp32 (real val images)",
+            r["int8_agreement"],
+            0.98,
+            r["checkpoint"],
+        )
     if not trained:
-        add("int8 argmax agreement with fp32 of a trained model", None, 0.98,
-            "give benchmark.latency.checkpoints=[PATH]; the other rows have random weights")
+        add(
+            "int8 argmax agreement with fp32 of a trained model",
+            None,
+            0.98,
+            "give benchmark.latency.checkpoints=[PATH]; the other rows have random weights",
+        )
     small, tv = rows.get("mnv2_dm05+aspp_lite", {}), rows.get("tv lraspp_mobilenet_v3_large", {})
     a, c = _ms(small, "ort_int8"), _ms(tv, "ort_int8")
-    add("mnv2_dm05+aspp_lite int8 vs torchvision lraspp_mobilenet_v3_large int8 (speed-up)",
-        c / a if a and c else None, 2.0, f"{a and round(a, 1)} ms vs {c and round(c, 1)} ms")
+    add(
+        "mnv2_dm05+aspp_lite int8 vs torchvision lraspp_mobilenet_v3_large int8 (speed-up)",
+        c / a if a and c else None,
+        2.0,
+        f"{a and round(a, 1)} ms vs {c and round(c, 1)} ms",
+    )
     return out
 
 
@@ -339,18 +412,25 @@ def format_table(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["results"]:
-        def cell(mode: str) -> str:
+
+        def cell(mode: str, r: dict = r) -> str:
             return f"{r[mode]['median_ms']:.1f} / {r[mode]['p90_ms']:.1f}" if mode in r else "-"
 
-        speedup = f"{r['ort_fp32']['median_ms'] / r['ort_int8']['median_ms']:.2f}x" if "ort_int8" in r and "ort_fp32" in r else "-"
+        speedup = (
+            f"{r['ort_fp32']['median_ms'] / r['ort_int8']['median_ms']:.2f}x"
+            if "ort_int8" in r and "ort_fp32" in r
+            else "-"
+        )
         agree = "-"
         if r.get("int8_agreement") is not None:
             agree = f"{100 * r['int8_agreement']:.1f}%" + ("" if r.get("checkpoint") else " (random)")
         gflops = f"{r['ort_fp32']['gflops']:.1f}" if "ort_fp32" in r else "-"
         frac = f"{100 * r['ort_fp32']['gflops'] / peak['conv1x1_gflops']:.0f}%" if "ort_fp32" in r else "-"
         name = f"{r['model']} (peer)" if r["peer"] else r["model"]
-        lines.append(f"| {name} | {r['input_size']} | {r['multiply_adds'] / 1e9:.2f}B | {cell('eager')} | {cell('fast')} | "
-                     f"{cell('ort_fp32')} | {cell('ort_int8')} | {speedup} | {agree} | {gflops} | {frac} |")
+        lines.append(
+            f"| {name} | {r['input_size']} | {r['multiply_adds'] / 1e9:.2f}B | {cell('eager')} | {cell('fast')} | "
+            f"{cell('ort_fp32')} | {cell('ort_int8')} | {speedup} | {agree} | {gflops} | {frac} |"
+        )
     for r in result["results"]:
         if r.get("checkpoint"):
             lines.append(f"\n{r['model'].split(':')[0]}: {r['checkpoint']}")

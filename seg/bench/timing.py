@@ -15,8 +15,7 @@ from torch import nn
 from seg.fastpath import fold_batchnorm
 
 
-def timed_runs(fn: Callable[[], Any], warmup: int, runs: int,
-               sync: Optional[Callable[[], Any]] = None) -> list[float]:
+def timed_runs(fn: Callable[[], Any], warmup: int, runs: int, sync: Optional[Callable[[], Any]] = None) -> list[float]:
     """Seconds of each of `runs` calls of `fn`, after `warmup` untimed ones; `sync()` (e.g. waiting
     for the GPU) ends every call, inside its time."""
     seconds = []
@@ -32,8 +31,11 @@ def timed_runs(fn: Callable[[], Any], warmup: int, runs: int,
 
 def ms_stats(times_ms: list[float]) -> dict[str, float]:
     """Median and p90 of times in milliseconds, and how many."""
-    return {"median_ms": statistics.median(times_ms), "p90_ms": float(np.percentile(times_ms, 90)),
-            "runs": len(times_ms)}
+    return {
+        "median_ms": statistics.median(times_ms),
+        "p90_ms": float(np.percentile(times_ms, 90)),
+        "runs": len(times_ms),
+    }
 
 
 def time_call(fn: Callable[[], Any], warmup: int, runs: int) -> dict[str, float]:

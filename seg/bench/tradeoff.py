@@ -18,7 +18,6 @@ from seg.errors import ConfigError
 from seg.flops import count_multiply_adds, count_parameters
 from seg.models.classifier import build_classifier
 
-
 # The families of `tradeoff`: builder and channel rounding of the papers' ImageNet networks
 # (MobileNetV1: int(c * alpha); MobileNetV2: every width a multiple of 8, as its paper and
 # torchvision, not DeepLab's unrounded dm != 1 variant).
@@ -37,8 +36,16 @@ def _tradeoff_entries(t) -> list[dict[str, Any]]:
 
     def add(family: str, label: str, multiplier: float, size: int, variant: str = "") -> None:
         target, rounding = TRADEOFF_FAMILIES[family]
-        entries.append({"family": family, "label": label, "target": target.format(variant),
-                        "depth_multiplier": float(multiplier), "channel_rounding": rounding, "input_size": int(size)})
+        entries.append(
+            {
+                "family": family,
+                "label": label,
+                "target": target.format(variant),
+                "depth_multiplier": float(multiplier),
+                "channel_rounding": rounding,
+                "input_size": int(size),
+            }
+        )
 
     for alpha in t.mnv1_multipliers:
         for size in t.mnv1_sizes:
@@ -57,8 +64,13 @@ def _tradeoff_entries(t) -> list[dict[str, Any]]:
 def _prepare_classifier(entry: dict[str, Any], modes: list[str], threads: int, workdir: Path) -> tuple[dict, dict]:
     """Build one classification-form encoder: its row (multiply-adds, params) and one zero-argument
     call per mode, to be timed."""
-    cfg = OmegaConf.structured(BackboneConfig(_target_=entry["target"], depth_multiplier=entry["depth_multiplier"],
-                                              channel_rounding=entry["channel_rounding"]))
+    cfg = OmegaConf.structured(
+        BackboneConfig(
+            _target_=entry["target"],
+            depth_multiplier=entry["depth_multiplier"],
+            channel_rounding=entry["channel_rounding"],
+        )
+    )
     torch.manual_seed(0)
     model = build_classifier(cfg).eval()
     size = entry["input_size"]
@@ -95,11 +107,19 @@ def _tradeoff_plot(result: dict[str, Any], path: Path) -> None:
                 members.sort(key=lambda r: r["multiply_adds"])
                 xs = [r["multiply_adds"] / 1e6 for r in members]
                 ys = [r[mode]["median_ms"] for r in members]
-                ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.2, color=f"C{colour}",
-                        label=family if i == 0 else None)
+                ax.plot(
+                    xs,
+                    ys,
+                    marker="o",
+                    markersize=4,
+                    linewidth=1.2,
+                    color=f"C{colour}",
+                    label=family if i == 0 else None,
+                )
                 for r, xv, yv in zip(members, xs, ys):
-                    ax.annotate(r["label"], (xv, yv), textcoords="offset points", xytext=(3, 3), fontsize=6,
-                                color=f"C{colour}")
+                    ax.annotate(
+                        r["label"], (xv, yv), textcoords="offset points", xytext=(3, 3), fontsize=6, color=f"C{colour}"
+                    )
         ax.set_xscale("log")
         ax.set_yscale("log")
         for axis in (ax.xaxis, ax.yaxis):  # ticks at 1-2-5 x 10^n, written as plain numbers
@@ -111,8 +131,11 @@ def _tradeoff_plot(result: dict[str, Any], path: Path) -> None:
         ax.set_title(TRADEOFF_MODES[mode])
         ax.grid(True, which="both", linewidth=0.3, alpha=0.5)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Encoders in classification form: CPU latency ({result['threads']} threads, "
-                 f"{result['runs']} runs) against multiply-adds", fontsize=10)
+    fig.suptitle(
+        f"Encoders in classification form: CPU latency ({result['threads']} threads, "
+        f"{result['runs']} runs) against multiply-adds",
+        fontsize=10,
+    )
     fig.savefig(path, dpi=130)
 
 
@@ -123,13 +146,16 @@ def format_tradeoff_table(result: dict[str, Any]) -> str:
         "ms as median / p90",
         "",
         "| family | model | input | MAdds (M) | params (M) | "
-        + " | ".join(f"{TRADEOFF_MODES[m]} ms" for m in modes) + " |",
+        + " | ".join(f"{TRADEOFF_MODES[m]} ms" for m in modes)
+        + " |",
         "|---|---|---|---:|---:|" + "---:|" * len(modes),
     ]
     for r in result["results"]:
         cells = " | ".join(f"{r[m]['median_ms']:.2f} / {r[m]['p90_ms']:.2f}" for m in modes)
-        lines.append(f"| {r['family']} | {r['label']} | {r['input_size']} | {r['multiply_adds'] / 1e6:.1f} | "
-                     f"{r['params'] / 1e6:.2f} | {cells} |")
+        lines.append(
+            f"| {r['family']} | {r['label']} | {r['input_size']} | {r['multiply_adds'] / 1e6:.1f} | "
+            f"{r['params'] / 1e6:.2f} | {cells} |"
+        )
     return "\n".join(lines)
 
 
@@ -160,8 +186,15 @@ def benchmark_tradeoff(cfg) -> dict[str, Any]:
             prepared.append(_prepare_classifier(entry, list(t.modes), b.threads, Path(tmp)))
         print(f"timing {len(prepared)} models x {len(t.modes)} modes, {b.runs} rounds ...", flush=True)
         time_in_turns(prepared, b.warmup, b.runs)
-    result = {"task": "tradeoff", "threads": b.threads, "warmup": b.warmup, "runs": b.runs,
-              "torch": torch.__version__, "onnxruntime": ort_version(), "results": [row for row, _ in prepared]}
+    result = {
+        "task": "tradeoff",
+        "threads": b.threads,
+        "warmup": b.warmup,
+        "runs": b.runs,
+        "torch": torch.__version__,
+        "onnxruntime": ort_version(),
+        "results": [row for row, _ in prepared],
+    }
     paths = {"plot": out_dir / "tradeoff.png", "json": out_dir / "tradeoff.json", "table": out_dir / "tradeoff.md"}
     result["files"] = {k: str(v) for k, v in paths.items()}
     table = format_tradeoff_table(result)

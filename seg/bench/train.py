@@ -30,14 +30,19 @@ from seg.models.segmenter import part_names
 REPO = Path(__file__).resolve().parents[2]  # tools/ and conf/
 
 
-def time_train_steps(model_cfg: DictConfig, train_cfg: DictConfig, crop_size: int, batch_size: int,
-                     warmup: int, runs: int) -> tuple[float, str]:
+def time_train_steps(
+    model_cfg: DictConfig, train_cfg: DictConfig, crop_size: int, batch_size: int, warmup: int, runs: int
+) -> tuple[float, str]:
     """Training images/s of one process on random data: `train_step` without data loading, timed
     over `runs` steps after `warmup`. Returns (images/s, device)."""
     device = pick_device(train_cfg.device)
     torch.backends.cudnn.benchmark = True
-    cfg = OmegaConf.create({"model": OmegaConf.to_container(model_cfg, resolve=True),
-                            "train": OmegaConf.to_container(train_cfg, resolve=True)})
+    cfg = OmegaConf.create(
+        {
+            "model": OmegaConf.to_container(model_cfg, resolve=True),
+            "train": OmegaConf.to_container(train_cfg, resolve=True),
+        }
+    )
     cfg.train.aux_loss_weight = 0.0
     run = make_run(cfg, device)
     run.net.train()
@@ -80,10 +85,23 @@ def _run_condition(condition: str, b, folder: Path, batch_size: int) -> list[Opt
     start = time.time()
     try:
         for run in runs:
-            args = ["train.max_iters=10000000", "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=10",
-                    "train.progress=false", *b.args, f"hydra.run.dir={run}"]
-            procs.append(subprocess.Popen([sys.executable, str(train_py), *args], cwd=Path.cwd(),
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            args = [
+                "train.max_iters=10000000",
+                "train.eval_every=0",
+                "train.checkpoint_every=0",
+                "train.log_every=10",
+                "train.progress=false",
+                *b.args,
+                f"hydra.run.dir={run}",
+            ]
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(train_py), *args],
+                    cwd=Path.cwd(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         time.sleep(b.seconds)
         end = time.time()
     finally:
@@ -114,23 +132,40 @@ def benchmark_train_contention(cfg) -> dict[str, Any]:
             for condition in b.contention:
                 got = _run_condition(condition, b, Path(tmp) / f"round{round_}", batch_size)
                 if any(r is None for r in got):
-                    raise ConfigError(f"benchmark.train: the {condition} run logged too few iterations in "
-                                      f"{b.seconds} s; raise benchmark.train.seconds")
+                    raise ConfigError(
+                        f"benchmark.train: the {condition} run logged too few iterations in "
+                        f"{b.seconds} s; raise benchmark.train.seconds"
+                    )
                 rates[condition] += got
                 print(f"round {round_ + 1}, {condition}: " + ", ".join(f"{r:.1f}" for r in got) + " images/s")
     median = {c: float(np.median(v)) for c, v in rates.items() if v}
     idle = median.get("none")
-    rows = [{"contention": c, "images_per_s": round(median[c], 1), "runs": [round(r, 1) for r in rates[c]],
-             "of_idle": None if not idle else round(median[c] / idle, 3)} for c in b.contention]
-    print(f"\ntraining beside other processes: the default run, batch {batch_size}, {os.cpu_count()} cores, "
-          f"{b.seconds:g} s each ({b.warmup_seconds:g} s warm-up), {b.rounds} round(s), overrides {list(b.args)}\n")
+    rows = [
+        {
+            "contention": c,
+            "images_per_s": round(median[c], 1),
+            "runs": [round(r, 1) for r in rates[c]],
+            "of_idle": None if not idle else round(median[c] / idle, 3),
+        }
+        for c in b.contention
+    ]
+    print(
+        f"\ntraining beside other processes: the default run, batch {batch_size}, {os.cpu_count()} cores, "
+        f"{b.seconds:g} s each ({b.warmup_seconds:g} s warm-up), {b.rounds} round(s), overrides {list(b.args)}\n"
+    )
     print("| beside it | images/s (median) | each run | of idle |\n|---|---:|---|---:|")
     names = {"none": "nothing", "busy": "one busy process", "training": "a second training"}
     for r in rows:
         share = "" if r["of_idle"] is None else f"{100 * r['of_idle']:.0f}%"
         print(f"| {names[r['contention']]} | {r['images_per_s']:.1f} | {', '.join(map(str, r['runs']))} | {share} |")
-    return {"task": "train", "contention": rows, "batch_size": batch_size, "seconds": b.seconds,
-            "rounds": b.rounds, "args": list(b.args)}
+    return {
+        "task": "train",
+        "contention": rows,
+        "batch_size": batch_size,
+        "seconds": b.seconds,
+        "rounds": b.rounds,
+        "args": list(b.args),
+    }
 
 
 def benchmark_train(cfg) -> dict[str, Any]:
@@ -156,12 +191,26 @@ def benchmark_train(cfg) -> dict[str, Any]:
     for name, model_cfg in models.items():
         rate, device = time_train_steps(model_cfg, cfg.train, crop, batch, cfg.benchmark.warmup, cfg.benchmark.runs)
         backbone, head = part_names(model_cfg)
-        rows.append({"config": name, "backbone": f"{backbone} x{model_cfg.backbone.depth_multiplier:g}",
-                     "head": head, "images_per_s": round(rate, 2)})
-    print(f"\ntraining throughput: crop {crop}, batch {batch}, {cfg.benchmark.runs} steps timed, device {device}, "
-          f"{cfg.benchmark.threads} threads\n")
+        rows.append(
+            {
+                "config": name,
+                "backbone": f"{backbone} x{model_cfg.backbone.depth_multiplier:g}",
+                "head": head,
+                "images_per_s": round(rate, 2),
+            }
+        )
+    print(
+        f"\ntraining throughput: crop {crop}, batch {batch}, {cfg.benchmark.runs} steps timed, device {device}, "
+        f"{cfg.benchmark.threads} threads\n"
+    )
     print("| config | backbone | head | images/s |\n|---|---|---|---:|")
     for r in rows:
         print(f"| {r['config']} | {r['backbone']} | {r['head']} | {r['images_per_s']:.2f} |")
-    return {"task": "train", "crop_size": crop, "batch_size": batch, "device": device,
-            "threads": cfg.benchmark.threads, "results": rows}
+    return {
+        "task": "train",
+        "crop_size": crop,
+        "batch_size": batch,
+        "device": device,
+        "threads": cfg.benchmark.threads,
+        "results": rows,
+    }

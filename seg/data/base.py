@@ -137,9 +137,7 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def check_sample(
-    image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int, path: Path
-) -> None:
+def check_sample(image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int, path: Path) -> None:
     """Raise DatasetError when sizes differ or the mask holds values that are no class."""
     if image.shape[:2] != mask.shape[:2]:
         raise DatasetError(
@@ -152,8 +150,7 @@ def check_sample(
     bad = np.flatnonzero(counts)
     if bad.size:
         raise DatasetError(
-            f"mask {path} has values {bad.tolist()} outside [0, {num_classes}) and "
-            f"ignore_index {ignore_index}"
+            f"mask {path} has values {bad.tolist()} outside [0, {num_classes}) and ignore_index {ignore_index}"
         )
 
 
@@ -234,8 +231,7 @@ class SegmentationDataset(Dataset):
                 return self._load_one(i)
             except DatasetError as e:
                 self.num_skipped += 1
-                log.warning("skipped bad sample %s (%d so far in this process): %s",
-                            self.names[i], self.num_skipped, e)
+                log.warning("skipped bad sample %s (%d so far in this process): %s", self.names[i], self.num_skipped, e)
         raise DatasetError(f"no readable sample in this dataset ({README_HINT})")
 
 

@@ -54,8 +54,7 @@ class FolderSegmentation(SegmentationDataset):
             stems = read_split_file(listing)
         else:
             raise DatasetError(
-                f"split {split!r} not found: neither {images_root / split}/ nor {listing} exists "
-                f"({README_HINT})"
+                f"split {split!r} not found: neither {images_root / split}/ nor {listing} exists ({README_HINT})"
             )
         found_images = _by_stem(images_root, IMAGE_SUFFIXES)
         found_masks = _by_stem(masks_root, IMAGE_SUFFIXES)

@@ -287,9 +287,6 @@ def _favouring(kind: int, weight: float) -> tuple[float, ...]:
     return tuple(weight + (1 - weight) / 6 if k == kind else (1 - weight) / 6 for k in range(6))
 
 
-
-
-
 def texture(
     r: np.random.Generator,
     h: int,

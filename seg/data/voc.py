@@ -46,8 +46,7 @@ def find_voc_root(root: str | Path) -> Path:
     if not root.exists():
         raise DatasetError(f"dataset root not found: {root} ({README_HINT})")
     raise DatasetError(
-        f"no VOC 2012 under {root}: expected {root}/VOCdevkit/VOC2012/JPEGImages or "
-        f"{root}/JPEGImages ({README_HINT})"
+        f"no VOC 2012 under {root}: expected {root}/VOCdevkit/VOC2012/JPEGImages or {root}/JPEGImages ({README_HINT})"
     )
 
 

@@ -12,12 +12,12 @@ import errno
 import io
 import os
 import pickle
+import pickletools
 import random
 import re
-import pickletools
 import tempfile
-import zipfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,8 +30,19 @@ from seg.errors import DiskFullError, SegError, UnsafeFileError
 PathLike = str | os.PathLike
 
 # Types torch's weights_only unpickler accepts that a training state actually uses.
-_LEAF_TYPES = (torch.Tensor, torch.nn.Parameter, str, bytes, int, float, bool, type(None),
-               torch.dtype, torch.device, torch.Size)
+_LEAF_TYPES = (
+    torch.Tensor,
+    torch.nn.Parameter,
+    str,
+    bytes,
+    int,
+    float,
+    bool,
+    type(None),
+    torch.dtype,
+    torch.device,
+    torch.Size,
+)
 _CONTAINER_TYPES = (dict, collections.OrderedDict, list, tuple)
 
 
@@ -152,8 +163,7 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict:
         raise _corrupt(path, e) from None
     if not isinstance(state, dict):
         raise CheckpointError(
-            f"checkpoint {path} holds a {type(state).__name__}, not a dict; it was not written by "
-            "save_checkpoint"
+            f"checkpoint {path} holds a {type(state).__name__}, not a dict; it was not written by save_checkpoint"
         )
     return state
 
@@ -222,15 +232,16 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore RNG states captured by :func:`rng_state`."""
     py = state["python"]
-    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()),
-                     py["gauss_next"]))
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
     npst = state["numpy"]
-    np.random.set_state({
-        "bit_generator": npst["bit_generator"],
-        "state": {"key": npst["key"].cpu().numpy().astype(np.uint32), "pos": int(npst["pos"])},
-        "has_gauss": int(npst["has_gauss"]),
-        "gauss": float(npst["gauss"]),
-    })
+    np.random.set_state(
+        {
+            "bit_generator": npst["bit_generator"],
+            "state": {"key": npst["key"].cpu().numpy().astype(np.uint32), "pos": int(npst["pos"])},
+            "has_gauss": int(npst["has_gauss"]),
+            "gauss": float(npst["gauss"]),
+        }
+    )
     torch.set_rng_state(state["torch"].cpu())
     # A checkpoint from a machine with a different GPU count restores what it can.
     if "cuda" in state and torch.cuda.is_available():
@@ -273,7 +284,7 @@ def stored_config(state: dict, path: PathLike) -> Any:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from seg.config import Config, HEAD_SCHEMAS
+    from seg.config import HEAD_SCHEMAS, Config
 
     path = Path(path)
     text = state.get("config")

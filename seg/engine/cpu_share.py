@@ -81,7 +81,9 @@ class CpuShare:
     def __init__(self, max_threads: Optional[int] = None, interval_s: float = 2.0) -> None:
         self.max_threads = max_threads or torch.get_num_threads()
         # The CPUs this process may run on: only their load is shared with it.
-        self.cpus = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        self.cpus = (
+            set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        )
         self.cores = len(self.cpus)
         self.interval_s = interval_s
         self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

@@ -210,9 +210,16 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path, keep_dataset: bool = Fa
     model.cpu()
     row = _published_row(cfg, metrics, model, checkpoint)
     class_names = list(dataset_cfg.class_names)
-    report = {**metrics, "output_stride": output_stride, "scales": row["scales"], "flip": row["flip"],
-              "checkpoint": str(checkpoint), "multiply_adds": row["multiply_adds"],
-              "multiply_adds_crop": row["multiply_adds_crop"], "class_names": class_names}
+    report = {
+        **metrics,
+        "output_stride": output_stride,
+        "scales": row["scales"],
+        "flip": row["flip"],
+        "checkpoint": str(checkpoint),
+        "multiply_adds": row["multiply_adds"],
+        "multiply_adds_crop": row["multiply_adds_crop"],
+        "class_names": class_names,
+    }
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     save_confusion_matrix_png(metrics["confusion_matrix"], class_names, run_dir / "confusion_matrix.png")
@@ -234,17 +241,17 @@ def format_report(metrics: dict, class_names: Sequence[str], row: dict) -> str:
         lines.append(f"{name:<16}{'n/a' if math.isnan(iou) else f'{100 * iou:.2f}':>8}")
     lines.append(
         f"{'mIoU':<16}{100 * metrics['miou']:>8.2f}   pixel acc {100 * metrics['pixel_accuracy']:.2f}   "
-        f"mean class acc {100 * metrics['mean_class_accuracy']:.2f}   fwIoU {100 * metrics['frequency_weighted_iou']:.2f}"
+        f"mean class acc {100 * metrics['mean_class_accuracy']:.2f}   "
+        f"fwIoU {100 * metrics['frequency_weighted_iou']:.2f}"
     )
     scales = ",".join(f"{s:g}" for s in row["scales"])
     lines += [
         "",
-        f"| Checkpoint | Eval OS | Eval scales | Flip | Multiply-adds / image | at {row['crop_size']}x{row['crop_size']} | "
-        f"{row['device'].upper()} s / image | mIoU | File |",
+        "| Checkpoint | Eval OS | Eval scales | Flip | Multiply-adds / image | "
+        f"at {row['crop_size']}x{row['crop_size']} | {row['device'].upper()} s / image | mIoU | File |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| {row['checkpoint']} | {row['eval_os']} | {scales} | {'yes' if row['flip'] else 'no'} | "
-        f"{row['multiply_adds'] / 1e9:.2f}B | {row['multiply_adds_crop'] / 1e9:.2f}B | {row['seconds_per_image']:.3f} | "
-        f"{100 * row['miou']:.2f}% | "
-        f"{row['file_mb']:.1f}MB |",
+        f"{row['multiply_adds'] / 1e9:.2f}B | {row['multiply_adds_crop'] / 1e9:.2f}B | "
+        f"{row['seconds_per_image']:.3f} | {100 * row['miou']:.2f}% | {row['file_mb']:.1f}MB |",
     ]
     return "\n".join(lines)

@@ -30,8 +30,16 @@ class TrainBatchSampler:
     batches, the incomplete last one dropped; rank `r` of `world_size` gets the `r`-th slice of each.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start_epoch: int = 0, start_batch: int = 0) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_epoch: int = 0,
+        start_batch: int = 0,
+    ) -> None:
         if batch_size % world_size:
             raise ValueError(f"train.batch_size={batch_size} must divide evenly between {world_size} processes")
         if num_samples < batch_size:
@@ -56,7 +64,7 @@ class TrainBatchSampler:
             order = torch.randperm(self.num_samples, generator=g).tolist()
             for b in range(first, self.batches_per_epoch):
                 start = b * self.batch_size + self.rank * per_rank
-                yield [(i, _seed(self.seed, epoch, i)) for i in order[start:start + per_rank]]
+                yield [(i, _seed(self.seed, epoch, i)) for i in order[start : start + per_rank]]
             epoch, first = epoch + 1, 0
 
 

@@ -7,8 +7,9 @@ from typing import Callable
 import torch
 
 
-def poly_lr_lambda(max_iters: int, power: float = 0.9, warmup_iters: int = 0,
-                   warmup_factor: float = 0.1) -> Callable[[int], float]:
+def poly_lr_lambda(
+    max_iters: int, power: float = 0.9, warmup_iters: int = 0, warmup_factor: float = 0.1
+) -> Callable[[int], float]:
     """LR multiplier of iteration ``it`` for ``torch.optim.lr_scheduler.LambdaLR``.
 
     ``(1 - it / max_iters) ** power``, and 0 from ``max_iters`` on. During the first
@@ -36,10 +37,12 @@ def poly_lr_lambda(max_iters: int, power: float = 0.9, warmup_iters: int = 0,
     return lr_lambda
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, max_iters: int, power: float = 0.9,
-                    warmup_iters: int = 0,
-                    warmup_factor: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    max_iters: int,
+    power: float = 0.9,
+    warmup_iters: int = 0,
+    warmup_factor: float = 0.1,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` with the poly schedule; call ``scheduler.step()`` after every iteration."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, poly_lr_lambda(max_iters, power, warmup_iters, warmup_factor)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(max_iters, power, warmup_iters, warmup_factor))

@@ -250,8 +250,13 @@ def _param_groups(net: TrainNet, train_cfg: DictConfig) -> list[dict]:
             groups.setdefault((id(p) in backbone, p.ndim > 1), []).append(p)
     out = []
     for (is_backbone, decay), params in sorted(groups.items()):
-        out.append({"params": params, "lr": t.lr * (t.backbone_lr_mult if is_backbone else 1.0),
-                    "weight_decay": t.weight_decay if decay else 0.0})
+        out.append(
+            {
+                "params": params,
+                "lr": t.lr * (t.backbone_lr_mult if is_backbone else 1.0),
+                "weight_decay": t.weight_decay if decay else 0.0,
+            }
+        )
     return out
 
 
@@ -263,8 +268,9 @@ def _train_mode(net: nn.Module, freeze_bn: bool) -> None:
                 m.eval()
 
 
-def build_training(model_cfg: DictConfig, train_cfg: DictConfig, device: torch.device, ignore_index: int,
-                   world_size: int = 1) -> tuple[Segmenter, TrainNet, torch.optim.Optimizer, Any, Any, SegmentationLoss]:
+def build_training(
+    model_cfg: DictConfig, train_cfg: DictConfig, device: torch.device, ignore_index: int, world_size: int = 1
+) -> tuple[Segmenter, TrainNet, torch.optim.Optimizer, Any, Any, SegmentationLoss]:
     """The model, its training wrapper, the optimizer, the poly schedule, the AMP scaler and the
     loss, as `train` and the training benchmark use them. The model is on `device`."""
     t = train_cfg
@@ -283,8 +289,15 @@ def build_training(model_cfg: DictConfig, train_cfg: DictConfig, device: torch.d
     return model, net, optimizer, scheduler, scaler, loss
 
 
-def make_run(cfg: DictConfig, device: torch.device, run_dir: Path = Path("."), train_set: Any = (),
-             val_set: Any = (), rank: int = 0, world_size: int = 1) -> Run:
+def make_run(
+    cfg: DictConfig,
+    device: torch.device,
+    run_dir: Path = Path("."),
+    train_set: Any = (),
+    val_set: Any = (),
+    rank: int = 0,
+    world_size: int = 1,
+) -> Run:
     """A Run of `cfg.model` trained as `cfg.train` says, on `device`: model, optimizer, schedule,
     scaler, loss, autocast and memory format (`set_up` adds the data and the run directory; the
     training benchmark times `train_step` on one made with no data)."""
@@ -292,10 +305,23 @@ def make_run(cfg: DictConfig, device: torch.device, run_dir: Path = Path("."), t
     ignore_index = int(OmegaConf.select(cfg, "dataset.ignore_index", default=255))
     model, net, optimizer, scheduler, scaler, loss = build_training(cfg.model, t, device, ignore_index, world_size)
     cuda = device.type == "cuda"
-    run = Run(cfg=cfg, run_dir=run_dir, rank=rank, world_size=world_size, device=device, train_set=train_set,
-              val_set=val_set, model=model, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-              loss=loss, autocast=torch.autocast(device_type=device.type, dtype=_amp_dtype(t), enabled=bool(t.amp) and cuda),
-              memory_format=torch.channels_last if (t.channels_last and cuda) else torch.contiguous_format)
+    run = Run(
+        cfg=cfg,
+        run_dir=run_dir,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        train_set=train_set,
+        val_set=val_set,
+        model=model,
+        net=net,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        loss=loss,
+        autocast=torch.autocast(device_type=device.type, dtype=_amp_dtype(t), enabled=bool(t.amp) and cuda),
+        memory_format=torch.channels_last if (t.channels_last and cuda) else torch.contiguous_format,
+    )
     run.train_net = net
     return run
 
@@ -321,16 +347,28 @@ def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
     try:
         if main:
             _save_config(cfg, run_dir)
-            log.info("run directory: %s (device %s, %d process%s)", run_dir, device, world_size,
-                     "es" if world_size > 1 else "")
-        transform = SeededTransform(build_train_transform(
-            t.crop_size, t.scale_min, t.scale_max, t.scale_step, t.flip, cfg.dataset.ignore_index, jitter=t.jitter))
+            log.info(
+                "run directory: %s (device %s, %d process%s)",
+                run_dir,
+                device,
+                world_size,
+                "es" if world_size > 1 else "",
+            )
+        transform = SeededTransform(
+            build_train_transform(
+                t.crop_size, t.scale_min, t.scale_max, t.scale_step, t.flip, cfg.dataset.ignore_index, jitter=t.jitter
+            )
+        )
         train_set = build_dataset(cfg.dataset, "train", transform)
         val_set = build_dataset(cfg.dataset, "val", build_eval_transform())
         if main:
-            log.info("data: %s, %d train / %d val images, %d classes",
-                     getattr(cfg.dataset.name, "value", cfg.dataset.name), len(train_set), len(val_set),
-                     int(cfg.model.num_classes))
+            log.info(
+                "data: %s, %d train / %d val images, %d classes",
+                getattr(cfg.dataset.name, "value", cfg.dataset.name),
+                len(train_set),
+                len(val_set),
+                int(cfg.model.num_classes),
+            )
         if t.sync_bn and world_size > 1 and not t.freeze_bn and device.type == "cpu" and main:
             log.warning("train.sync_bn: not available on CPU; each process normalises its own share of the batch")
 
@@ -339,8 +377,12 @@ def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
         run = make_run(cfg, device, run_dir, train_set, val_set, rank, world_size)
         run.resume_path, run.init_path, run.lock = resume_path, init_path, lock
         if main:
-            log.info("model: %s, output stride %d, %.2fM parameters", run.model.name, cfg.model.output_stride,
-                     sum(p.numel() for p in run.model.parameters()) / 1e6)
+            log.info(
+                "model: %s, output stride %d, %.2fM parameters",
+                run.model.name,
+                cfg.model.output_stride,
+                sum(p.numel() for p in run.model.parameters()) / 1e6,
+            )
     except BaseException:
         if lock is not None:
             lock.release()
@@ -378,8 +420,11 @@ def _model_differences(stored: DictConfig, current: DictConfig) -> list[str]:
 
     walk(stored, "")
     walk(current, "")
-    return [f"model.{k}: {_plain(stored, k)!r} -> {_plain(current, k)!r}" for k in sorted(keys)
-            if k not in _START_ONLY and _plain(stored, k) != _plain(current, k)]
+    return [
+        f"model.{k}: {_plain(stored, k)!r} -> {_plain(current, k)!r}"
+        for k in sorted(keys)
+        if k not in _START_ONLY and _plain(stored, k) != _plain(current, k)
+    ]
 
 
 def _load_init(model: nn.Module, path: Path, model_cfg: DictConfig) -> None:
@@ -392,9 +437,12 @@ def _load_init(model: nn.Module, path: Path, model_cfg: DictConfig) -> None:
         differ = [k for k in _NUMERICS if _plain(stored, k) is not None and _plain(stored, k) != _plain(model_cfg, k)]
         if differ:
             # e.g. a converted TF DeepLab checkpoint (x/127.5 - 1, SAME padding) into a default model
-            log.warning("train.init_from: %s was trained with other %s: set %s as it has them, or expect a "
-                        "rough start", path, ", ".join(differ),
-                        " ".join(f"model.{k}={_plain(stored, k)}" for k in differ))
+            log.warning(
+                "train.init_from: %s was trained with other %s: set %s as it has them, or expect a rough start",
+                path,
+                ", ".join(differ),
+                " ".join(f"model.{k}={_plain(stored, k)}" for k in differ),
+            )
     own = model.state_dict()
     dropped, mismatched = [], []
     for key, value in weights.items():
@@ -412,8 +460,13 @@ def _load_init(model: nn.Module, path: Path, model_cfg: DictConfig) -> None:
         bad = sorted(set(missing) - set(dropped))[:5] + sorted(unexpected)[:5]
         raise CheckpointError(f"train.init_from: {path} does not fit the model: missing or unexpected {', '.join(bad)}")
     if dropped:
-        log.info("train.init_from: %s has %d classes, this model %d: re-initialised %s", path,
-                 weights[dropped[0]].shape[0], own[dropped[0]].shape[0], ", ".join(dropped))
+        log.info(
+            "train.init_from: %s has %d classes, this model %d: re-initialised %s",
+            path,
+            weights[dropped[0]].shape[0],
+            own[dropped[0]].shape[0],
+            ", ".join(dropped),
+        )
     else:
         log.info("train.init_from: loaded all model weights from %s", path)
 
@@ -470,7 +523,9 @@ def restore(run: Run) -> None:
     t = run.cfg.train
     run.train_net = run.net
     if run.world_size > 1:
-        run.train_net = DistributedDataParallel(run.net, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+        run.train_net = DistributedDataParallel(
+            run.net, device_ids=[run.device.index] if run.device.type == "cuda" else None
+        )
     if t.compile:
         run.train_net = torch.compile(run.train_net)
     # Per-rank random streams (dropout), restored on resume so the run continues bit for bit.
@@ -479,14 +534,23 @@ def restore(run: Run) -> None:
         if len(run.rng_states) == run.world_size:
             set_rng_state(run.rng_states[run.rank])
         elif run.main:
-            log.warning("checkpoint has RNG states of %d processes, this run %d: reseeded", len(run.rng_states),
-                        run.world_size)
+            log.warning(
+                "checkpoint has RNG states of %d processes, this run %d: reseeded", len(run.rng_states), run.world_size
+            )
     if run.main:
         run.writer = SummaryWriter(str(run.run_dir), purge_step=run.iteration if run.iteration else None)
 
 
-def train_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, pin_memory: bool = False,
-                 rank: int = 0, world_size: int = 1, start: tuple[int, int] = (0, 0)) -> DataLoader:
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    workers: int,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    start: tuple[int, int] = (0, 0),
+) -> DataLoader:
     """Endless training batches of `dataset` (built with a SeededTransform) for one rank, from
     (epoch, batch) `start`: the order and every sample's augmentation depend only on the seed."""
     try:
@@ -494,8 +558,12 @@ def train_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, pin
     except ValueError as e:
         raise TrainingError(str(e)) from None
     return DataLoader(
-        SeededSamples(dataset, dataset.transform), batch_sampler=sampler, num_workers=workers,
-        pin_memory=pin_memory, persistent_workers=workers > 0, worker_init_fn=init_loader_worker,
+        SeededSamples(dataset, dataset.transform),
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        worker_init_fn=init_loader_worker,
         # Its own generator, so starting the loader never draws from the global RNG (exact resume).
         generator=torch.Generator().manual_seed(seed + rank),
     )
@@ -504,8 +572,16 @@ def train_loader(dataset: Dataset, batch_size: int, seed: int, workers: int, pin
 def batches(run: Run) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless training batches from the data position the run is at."""
     t = run.cfg.train
-    loader = train_loader(run.train_set, t.batch_size, t.seed, int(run.cfg.dataset.num_workers),
-                          run.device.type == "cuda", run.rank, run.world_size, run.sampler_start)
+    loader = train_loader(
+        run.train_set,
+        t.batch_size,
+        t.seed,
+        int(run.cfg.dataset.num_workers),
+        run.device.type == "cuda",
+        run.rank,
+        run.world_size,
+        run.sampler_start,
+    )
     run.sampler = loader.batch_sampler
     return iter(loader)
 
@@ -524,8 +600,13 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor) -> float:
     with run.autocast:
         logits, aux_logits = run.train_net(x)
     loss_sum, norm = run.loss(logits, aux_logits, masks)
-    stats = torch.stack([loss_sum.detach().double(), norm.detach().double(),
-                         torch.tensor(float(run.stop_signal), dtype=torch.float64, device=loss_sum.device)])
+    stats = torch.stack(
+        [
+            loss_sum.detach().double(),
+            norm.detach().double(),
+            torch.tensor(float(run.stop_signal), dtype=torch.float64, device=loss_sum.device),
+        ]
+    )
     if run.world_size > 1:
         dist.all_reduce(stats)
         if stats[2] > 0 and not run.stop_signal:
@@ -534,7 +615,8 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor) -> float:
     if not math.isfinite(loss_value):
         raise TrainingError(
             f"loss is {loss_value} at iteration {run.iteration + 1}: stopped; the last good checkpoint is "
-            f"{run.checkpoint_dir / 'last.pt'} (try a lower train.lr or train.warmup_iters)")
+            f"{run.checkpoint_dir / 'last.pt'} (try a lower train.lr or train.warmup_iters)"
+        )
     # DDP averages gradients over ranks, hence `* world_size`: the gradient is that of the mean over
     # the whole global batch.
     loss = loss_sum / stats[1].clamp(min=1).to(loss_sum.dtype) * run.world_size
@@ -567,8 +649,15 @@ def evaluate_and_log(run: Run) -> bool:
     """Val mIoU at the current iteration, to the log and TensorBoard; returns whether it is the
     best so far."""
     t = run.cfg.train
-    metrics = evaluate(run.model, run.val_set, int(run.cfg.model.num_classes), int(run.cfg.dataset.ignore_index),
-                       device=run.device, max_images=t.eval_max_images, progress=False)
+    metrics = evaluate(
+        run.model,
+        run.val_set,
+        int(run.cfg.model.num_classes),
+        int(run.cfg.dataset.ignore_index),
+        device=run.device,
+        max_images=t.eval_max_images,
+        progress=False,
+    )
     it = run.iteration
     if run.writer is not None:
         run.writer.add_scalar("val/miou", metrics["miou"], it)
@@ -589,6 +678,7 @@ def evaluate_and_log(run: Run) -> bool:
 
 def _all_finite(*states: dict) -> bool:
     """Whether every float tensor in these (nested) state dicts is finite."""
+
     def tensors(obj: Any):
         if isinstance(obj, torch.Tensor):
             yield obj
@@ -608,8 +698,10 @@ def save(run: Run, best: bool = False) -> None:
     model_state, optimizer_state = run.model.state_dict(), run.optimizer.state_dict()
     last = run.checkpoint_dir / "last.pt"
     if not _all_finite(model_state, optimizer_state):
-        raise TrainingError(f"non-finite weights at iteration {run.iteration}: stopped without overwriting the last "
-                            f"good checkpoint {last} (try a lower train.lr or train.warmup_iters)")
+        raise TrainingError(
+            f"non-finite weights at iteration {run.iteration}: stopped without overwriting the last "
+            f"good checkpoint {last} (try a lower train.lr or train.warmup_iters)"
+        )
     rngs = [rng_state()]
     if run.world_size > 1:
         rngs = [None] * run.world_size
@@ -627,8 +719,12 @@ def save(run: Run, best: bool = False) -> None:
         "data": {"epoch": epoch, "batch": batch, "batches_per_epoch": run.sampler.batches_per_epoch},
         "rng": rngs,
         "config": OmegaConf.to_yaml(run.cfg, resolve=True),
-        "metrics": {"val": run.last_metrics, "best_miou": run.best_miou, "best_iteration": run.best_iteration,
-                    "wall_time_s": run.wall_time},
+        "metrics": {
+            "val": run.last_metrics,
+            "best_miou": run.best_miou,
+            "best_iteration": run.best_iteration,
+            "wall_time_s": run.wall_time,
+        },
     }
     save_checkpoint(last, state)
     if best:
@@ -710,7 +806,9 @@ def _stopped(run: Run) -> Interrupted:
     name = signal.Signals(run.stop_signal).name
     return Interrupted(
         f"stopped by {name} after iteration {run.iteration}: saved {run.checkpoint_dir / 'last.pt'}; resume with: "
-        f"{_resume_command(run)}", run.stop_signal)
+        f"{_resume_command(run)}",
+        run.stop_signal,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -739,8 +837,14 @@ def _loop(run: Run) -> None:
     window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
     data = batches(run)
     share = _cpu_threads(run)
-    bar = tqdm(total=t.max_iters, initial=run.iteration, desc="train", unit="it", dynamic_ncols=True,
-               disable=not (run.main and t.progress))
+    bar = tqdm(
+        total=t.max_iters,
+        initial=run.iteration,
+        desc="train",
+        unit="it",
+        dynamic_ncols=True,
+        disable=not (run.main and t.progress),
+    )
     redirect = logging_redirect_tqdm() if run.main and t.progress else nullcontext()
     try:
         with redirect:
@@ -749,8 +853,13 @@ def _loop(run: Run) -> None:
                 loss_value = train_step(run, images, masks)
                 it = run.iteration
                 if share is not None and (threads := share.update()) is not None and run.main:
-                    log.info("CPU: other processes use %.1f of %d cores: %d thread%s", share.others, share.cores,
-                             threads, "s" if threads > 1 else "")
+                    log.info(
+                        "CPU: other processes use %.1f of %d cores: %d thread%s",
+                        share.others,
+                        share.cores,
+                        threads,
+                        "s" if threads > 1 else "",
+                    )
                 window_images += t.batch_size
                 window_loss += loss_value
                 window_count += 1
@@ -771,8 +880,12 @@ def _loop(run: Run) -> None:
                 if (t.eval_every and it % t.eval_every == 0) or it == t.max_iters:
                     is_best = evaluate_and_log(run)
                     window_start = time.perf_counter()  # evaluation time is not training speed
-                if (t.checkpoint_every and it % t.checkpoint_every == 0) or it == t.max_iters or is_best \
-                        or run.stop_signal:
+                if (
+                    (t.checkpoint_every and it % t.checkpoint_every == 0)
+                    or it == t.max_iters
+                    or is_best
+                    or run.stop_signal
+                ):
                     save(run, is_best)
     finally:
         bar.close()

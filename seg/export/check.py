@@ -38,8 +38,12 @@ def compare(
     for i, x in enumerate(inputs):
         ref, out = reference(x), exported(x)
         if ref.shape != out.shape:
-            return {"images": len(inputs), "max_abs_diff": None, "agreement": 0.0,
-                    "error": f"output shape {tuple(out.shape)} != PyTorch's {tuple(ref.shape)}"}
+            return {
+                "images": len(inputs),
+                "max_abs_diff": None,
+                "agreement": 0.0,
+                "error": f"output shape {tuple(out.shape)} != PyTorch's {tuple(ref.shape)}",
+            }
         if labels:
             a, b = ref, out
         else:
@@ -64,12 +68,16 @@ def miou(
         return None
     matrix = ConfusionMatrix(num_classes, ignore_index)
     for image, mask in samples:
-        matrix.update(torch.from_numpy(predict(image).astype(np.int64)), torch.from_numpy(np.asarray(mask).astype(np.int64)))
+        matrix.update(
+            torch.from_numpy(predict(image).astype(np.int64)), torch.from_numpy(np.asarray(mask).astype(np.int64))
+        )
     return float(matrix.compute()["miou"])
 
 
 def format_check(name: str, result: dict[str, Any]) -> str:
     diff = result.get("max_abs_diff")
     diff_text = "n/a (label output)" if diff is None else f"{diff:.2e}"
-    return (f"{name}: max abs logit diff {diff_text}, argmax agreement {100 * result['agreement']:.3f}% "
-            f"({result['images']} images)")
+    return (
+        f"{name}: max abs logit diff {diff_text}, argmax agreement {100 * result['agreement']:.3f}% "
+        f"({result['images']} images)"
+    )

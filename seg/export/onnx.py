@@ -16,6 +16,9 @@ from torch import nn
 
 from seg.export.common import ExportError, quiet_logging
 
+# Bilinear Resize coordinate modes equal to align_corners=False.
+HALF_PIXEL_MODES = (b"half_pixel", b"pytorch_half_pixel")
+
 
 def export_onnx(
     module: nn.Module,
@@ -44,7 +47,11 @@ def export_onnx(
     # The exporter narrates every step on stdout; keep the tool's output to what it reports.
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter), quiet_logging("onnxscript", "onnx_ir", "torch.onnx", "torch.export"), torch.no_grad():
+        with (
+            contextlib.redirect_stdout(chatter),
+            quiet_logging("onnxscript", "onnx_ir", "torch.onnx", "torch.export"),
+            torch.no_grad(),
+        ):
             program = torch.onnx.export(
                 module.eval(),
                 (sample,),
@@ -237,7 +244,7 @@ def resize_as_matmul(proto: Any) -> int:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         src, dst = shapes.get(node.input[0]), shapes.get(node.output[0])
         if (attrs.get("mode", b"nearest") != b"linear"
-                or attrs.get("coordinate_transformation_mode", b"half_pixel") not in (b"half_pixel", b"pytorch_half_pixel")
+                or attrs.get("coordinate_transformation_mode", b"half_pixel") not in HALF_PIXEL_MODES
                 or attrs.get("antialias", 0) or src is None or dst is None or len(src) != 4
                 or dst[2:] != [height, width] or dst[:2] != src[:2] or min(src[2:]) < 2
                 or src[2] > MATMUL_MAX_ROWS):  # fmt: skip

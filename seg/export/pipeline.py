@@ -183,8 +183,22 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
         _gate(check, FP32_AGREEMENT if e.min_agreement is None else e.min_agreement, path, "vs PyTorch")
 
         if quantize:
-            report.update(_quantize(cfg, dataset_cfg, stored, metadata, fp32_path, built, runner, reference, inputs,
-                                    valid, prepare, destination=path))
+            report.update(
+                _quantize(
+                    cfg,
+                    dataset_cfg,
+                    stored,
+                    metadata,
+                    fp32_path,
+                    built,
+                    runner,
+                    reference,
+                    inputs,
+                    valid,
+                    prepare,
+                    destination=path,
+                )
+            )
         metadata["check"] = report.get("int8_check", report["check"])
         metadata["check"]["images"] = len(inputs)
         _embed_metadata(built, fmt, metadata)  # the file alone says the same as the JSON beside it
@@ -192,8 +206,10 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
     write_metadata(path, metadata)
     size_mb = path.stat().st_size / 2**20
     size_text = "dynamic" if e.dynamic else f"{e.input_size}x{e.input_size}"
-    print(f"exported {checkpoint} -> {path} ({fmt}{', int8' if quantize else ''}, {size_text}, "
-          f"{'uint8 RGB NHWC' if e.include_preprocessing else 'float NCHW'} in, {output} out, {size_mb:.1f} MB)")
+    print(
+        f"exported {checkpoint} -> {path} ({fmt}{', int8' if quantize else ''}, {size_text}, "
+        f"{'uint8 RGB NHWC' if e.include_preprocessing else 'float NCHW'} in, {output} out, {size_mb:.1f} MB)"
+    )
     print(f"metadata: {path}.json")
     report["size_mb"] = size_mb
     return report
@@ -206,8 +222,20 @@ def _gate(check: dict[str, Any], threshold: float, path: Path, against: str) -> 
         raise ExportError(f"exported model does not match {against}: {reason}; nothing was written to {path}")
 
 
-def _quantize(cfg, dataset_cfg, stored, metadata, fp32_path, path, fp32_runner, reference, inputs, valid, prepare,
-              destination: Path) -> dict:
+def _quantize(
+    cfg,
+    dataset_cfg,
+    stored,
+    metadata,
+    fp32_path,
+    path,
+    fp32_runner,
+    reference,
+    inputs,
+    valid,
+    prepare,
+    destination: Path,
+) -> dict:
     from seg.export.onnx import OnnxRunner
     from seg.export.quantize import quantize_int8
 
@@ -224,7 +252,10 @@ def _quantize(cfg, dataset_cfg, stored, metadata, fp32_path, path, fp32_runner, 
     vs_fp32 = compare(fp32_runner, int8, inputs, labels, valid)
     print(format_check("check onnx int8 vs PyTorch", vs_torch))
     print(format_check("check onnx int8 vs fp32", vs_fp32))
-    out: dict[str, Any] = {"calibration_images": len(calibration), "int8_check": {**vs_torch, "agreement_vs_fp32": vs_fp32["agreement"]}}
+    out: dict[str, Any] = {
+        "calibration_images": len(calibration),
+        "int8_check": {**vs_torch, "agreement_vs_fp32": vs_fp32["agreement"]},
+    }
     # mIoU of both on labelled val images, when the split is there.
     try:
         samples = _samples(dataset_cfg, "val", e.eval_images)
@@ -235,7 +266,9 @@ def _quantize(cfg, dataset_cfg, stored, metadata, fp32_path, path, fp32_runner, 
         out["miou_fp32"] = miou(ExportedPredictor(fp32_runner, metadata), samples, num_classes, ignore)
         out["miou_int8"] = miou(ExportedPredictor(int8, metadata), samples, num_classes, ignore)
         out["miou_images"] = len(samples)
-        print(f"mIoU on {len(samples)} val images: fp32 {100 * out['miou_fp32']:.2f}%, int8 {100 * out['miou_int8']:.2f}%")
+        print(
+            f"mIoU on {len(samples)} val images: fp32 {100 * out['miou_fp32']:.2f}%, int8 {100 * out['miou_int8']:.2f}%"
+        )
     else:
         print("mIoU: no val split available, skipped")
     _gate(vs_fp32, INT8_AGREEMENT if e.min_agreement is None else e.min_agreement, destination, "the fp32 export")

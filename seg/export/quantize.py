@@ -64,7 +64,7 @@ def _module_paths(node: Any) -> Optional[list[str]]:
     if scopes is None:
         return None
     names = ast.literal_eval(scopes)[1:-1]  # a list's repr: the root scope, the modules, the op
-    return [n[len("model."):] if n.startswith("model.") else n for n in names if n not in ("", "model")]
+    return [n[len("model.") :] if n.startswith("model.") else n for n in names if n not in ("", "model")]
 
 
 def float_nodes(proto: Any, modules: Sequence[str]) -> list[str]:
@@ -77,8 +77,10 @@ def float_nodes(proto: Any, modules: Sequence[str]) -> list[str]:
         found = [name for name, p in paths.items() if p and any(m == module or m.startswith(module + ".") for m in p)]
         if not found:
             top = sorted({".".join(p[-1].split(".")[:2]) for p in paths.values() if p})
-            raise ExportError(f"export.float_modules: no layer of the model is in {module!r} "
-                              f"(module paths start with: {', '.join(top)})")
+            raise ExportError(
+                f"export.float_modules: no layer of the model is in {module!r} "
+                f"(module paths start with: {', '.join(top)})"
+            )
         out += found
     return list(dict.fromkeys(out))
 
@@ -140,8 +142,11 @@ def quantize_int8(
                 quant_pre_process(str(fp32_path), str(pre))
                 proto = onnx.load(str(pre))
                 excluded = carry_over(proto, floats)
-                excluded += [n.name for n in proto.graph.node  # the final resize but its column MatMul
-                             if n.name.startswith(FINAL_RESIZE) and not n.name.endswith("/cols_matmul")]
+                excluded += [
+                    n.name
+                    for n in proto.graph.node  # the final resize but its column MatMul
+                    if n.name.startswith(FINAL_RESIZE) and not n.name.endswith("/cols_matmul")
+                ]
                 onnx.save(proto, str(pre))
                 quantize_static(
                     str(pre),
@@ -155,10 +160,13 @@ def quantize_int8(
                     nodes_to_exclude=excluded,
                     # Ranges computed and merged a few images at a time: every activation of every
                     # image at once would not fit in memory.
-                    extra_options={"CalibTensorRangeSymmetric": False, "WeightSymmetric": True,
-                                   "CalibStridedMinMax": _stride(len(calibration_inputs)),
-                                   # Our segmenters' only MatMuls are the final resize: float out.
-                                   "OpTypesToExcludeOutputQuantization": ["MatMul"]},
+                    extra_options={
+                        "CalibTensorRangeSymmetric": False,
+                        "WeightSymmetric": True,
+                        "CalibStridedMinMax": _stride(len(calibration_inputs)),
+                        # Our segmenters' only MatMuls are the final resize: float out.
+                        "OpTypesToExcludeOutputQuantization": ["MatMul"],
+                    },
                 )
         except ExportError:
             raise

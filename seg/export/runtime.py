@@ -90,8 +90,9 @@ def _source_rows(logits: torch.Tensor, via: Optional[tuple[int, int, bool]]) -> 
     return rows
 
 
-def upsample_argmax(logits: torch.Tensor, height: int, width: int,
-                    via: Optional[tuple[int, int, bool]] = None) -> np.ndarray:
+def upsample_argmax(
+    logits: torch.Tensor, height: int, width: int, via: Optional[tuple[int, int, bool]] = None
+) -> np.ndarray:
     """argmax over classes of `logits` [C, h, w] resized bilinearly (align_corners=False) to
     height x width, as uint8; computed in strips of rows with the same weights F.interpolate uses
     (and, when one row of logits at full width is itself over the strip budget, in pieces of rows).

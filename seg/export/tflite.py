@@ -59,7 +59,7 @@ class TFLiteRunner:
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as exc:
-            raise ExportError(f"running {path} needs the ai-edge-litert package: pip install \".[tflite]\"") from exc
+            raise ExportError(f'running {path} needs the ai-edge-litert package: pip install ".[tflite]"') from exc
         self.path = Path(path)
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
         self.interpreter.allocate_tensors()

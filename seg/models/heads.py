@@ -53,7 +53,12 @@ class AsppLiteHead(DeepLabV3Head):
         align_corners: bool = False,  # no resize inside this head; accepted like every head's
     ) -> None:
         super().__init__(
-            in_channels, num_classes, output_stride, channels, atrous_rates=(), dropout=dropout,
+            in_channels,
+            num_classes,
+            output_stride,
+            channels,
+            atrous_rates=(),
+            dropout=dropout,
             align_corners=align_corners,
         )
 
@@ -91,7 +96,9 @@ class DeepLabV3PlusHead(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         low = self.low_level_project(features["low_level"])
-        x = F.interpolate(self.aspp(features["out"]), size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        x = F.interpolate(
+            self.aspp(features["out"]), size=low.shape[-2:], mode="bilinear", align_corners=self.align_corners
+        )
         return self.classifier(self.decoder(torch.cat([x, low], dim=1)))
 
 
@@ -135,7 +142,9 @@ class AuxHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, channels: int = 128) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
             nn.Conv2d(channels, num_classes, 1),
         )
 

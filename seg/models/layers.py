@@ -122,8 +122,15 @@ class DepthwiseSeparable(nn.Module):
     ) -> None:
         super().__init__()
         self.depthwise = ConvBNAct(
-            in_channels, in_channels, kernel_size, stride, dilation, groups=in_channels, activation=activation,
-            bn_eps=bn_eps, tf_same_padding=tf_same_padding,
+            in_channels,
+            in_channels,
+            kernel_size,
+            stride,
+            dilation,
+            groups=in_channels,
+            activation=activation,
+            bn_eps=bn_eps,
+            tf_same_padding=tf_same_padding,
         )
         self.pointwise = ConvBNAct(in_channels, out_channels, 1, activation=activation, bn_eps=bn_eps)
 
@@ -166,8 +173,15 @@ class InvertedResidual(nn.Module):
             else None
         )
         self.depthwise = ConvBNAct(
-            expanded_channels, expanded_channels, kernel_size, stride, dilation, groups=expanded_channels,
-            activation=activation, bn_eps=bn_eps, tf_same_padding=tf_same_padding,
+            expanded_channels,
+            expanded_channels,
+            kernel_size,
+            stride,
+            dilation,
+            groups=expanded_channels,
+            activation=activation,
+            bn_eps=bn_eps,
+            tf_same_padding=tf_same_padding,
         )
         self.se = None if se_channels is None else SqueezeExcitation(expanded_channels, se_channels, gate=se_gate)
         self.project = ConvBNAct(expanded_channels, out_channels, 1, activation=None, bn_eps=bn_eps)

@@ -93,9 +93,17 @@ class MnasNet(Encoder):
         # quarter of the block's input channels. The first block (expansion 1) is the separable layer.
         self.blocks = nn.ModuleList(
             InvertedResidual(
-                cin, cin * t, cout, k, stride, dilation, nn.ReLU,
-                se_channels=max(1, int(cin * SE_RATIO)) if se else None, se_gate=nn.Sigmoid,
-                bn_eps=bn_eps, tf_same_padding=tf_same_padding,
+                cin,
+                cin * t,
+                cout,
+                k,
+                stride,
+                dilation,
+                nn.ReLU,
+                se_channels=max(1, int(cin * SE_RATIO)) if se else None,
+                se_gate=nn.Sigmoid,
+                bn_eps=bn_eps,
+                tf_same_padding=tf_same_padding,
             )
             for (cin, cout, t, k, _, se), (stride, dilation) in zip(layers, placement)
         )
@@ -136,7 +144,11 @@ def mnasnet_b1(
                 f"not {depth_multiplier}"
             )
         load_imagenet_weights(
-            model, arch, torchvision_key_map(model), pretrained=pretrained, weights=weights,
+            model,
+            arch,
+            torchvision_key_map(model),
+            pretrained=pretrained,
+            weights=weights,
             mismatch_hint="a torchvision MNASNet file fits only model.backbone.depth_multiplier equal to its own",
         )
     return model

@@ -116,7 +116,11 @@ def mobilenet_v2(
     model = MobileNetV2(depth_multiplier, output_stride, channel_rounding, bn_eps, tf_same_padding)
     if weights is not None or pretrained is not None:
         load_imagenet_weights(
-            model, "mobilenet_v2", torchvision_key_map(model), pretrained=pretrained, weights=weights,
+            model,
+            "mobilenet_v2",
+            torchvision_key_map(model),
+            pretrained=pretrained,
+            weights=weights,
             mismatch_hint="torchvision rounds MobileNetV2 widths differently: set "
             "model.backbone.channel_rounding=torchvision",
         )

@@ -96,10 +96,16 @@ class MobileNetV3(Encoder):
         widths = [width(spec.out) for spec in specs]
         self.blocks = nn.ModuleList(
             InvertedResidual(
-                cin, width(spec.expanded), cout, spec.kernel, stride, dilation,
+                cin,
+                width(spec.expanded),
+                cout,
+                spec.kernel,
+                stride,
+                dilation,
                 activation=nn.Hardswish if spec.hardswish else nn.ReLU,
                 se_channels=make_divisible(width(spec.expanded) // 4, 8) if spec.use_se else None,
-                bn_eps=bn_eps, tf_same_padding=tf_same_padding,
+                bn_eps=bn_eps,
+                tf_same_padding=tf_same_padding,
             )
             for cin, cout, spec, (stride, dilation) in zip([stem_channels, *widths], widths, specs, placement)
         )
@@ -146,8 +152,15 @@ def mobilenet_v3_large(
 ) -> MobileNetV3:
     """MobileNetV3-Large encoder; the other arguments as in `mobilenet_v2`."""
     return _build(
-        "mobilenet_v3_large", LARGE, depth_multiplier, output_stride, channel_rounding, pretrained, weights,
-        bn_eps, tf_same_padding,
+        "mobilenet_v3_large",
+        LARGE,
+        depth_multiplier,
+        output_stride,
+        channel_rounding,
+        pretrained,
+        weights,
+        bn_eps,
+        tf_same_padding,
     )
 
 
@@ -162,8 +175,15 @@ def mobilenet_v3_small(
 ) -> MobileNetV3:
     """MobileNetV3-Small encoder; the other arguments as in `mobilenet_v2`."""
     return _build(
-        "mobilenet_v3_small", SMALL, depth_multiplier, output_stride, channel_rounding, pretrained, weights,
-        bn_eps, tf_same_padding,
+        "mobilenet_v3_small",
+        SMALL,
+        depth_multiplier,
+        output_stride,
+        channel_rounding,
+        pretrained,
+        weights,
+        bn_eps,
+        tf_same_padding,
     )
 
 

@@ -38,9 +38,16 @@ class Segmenter(nn.Module):
     own `pixel_mean` / `pixel_std` (buffers, saved in its state_dict).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, output_stride: int, align_corners: bool = False,
-                 pixel_mean: Sequence[float] = IMAGENET_MEAN, pixel_std: Sequence[float] = IMAGENET_STD,
-                 name: str = "segmenter") -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        output_stride: int,
+        align_corners: bool = False,
+        pixel_mean: Sequence[float] = IMAGENET_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_STD,
+        name: str = "segmenter",
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -134,8 +141,10 @@ def build_backbone(backbone_cfg: Any, output_stride: int) -> nn.Module:
 
 def part_names(model_cfg: Any) -> tuple[str, str]:
     """The backbone builder's and the head's names a `model` config gives: (`mobilenet_v2`, `LRASPPHead`)."""
-    return tuple(str(OmegaConf.select(model_cfg, f"{part}._target_")).rsplit(".", 1)[-1]  # type: ignore[return-value]
-                 for part in ("backbone", "head"))
+    return tuple(
+        str(OmegaConf.select(model_cfg, f"{part}._target_")).rsplit(".", 1)[-1]  # type: ignore[return-value]
+        for part in ("backbone", "head")
+    )
 
 
 def model_name(model_cfg: Any) -> str:
@@ -159,5 +168,6 @@ def build_segmenter(model_cfg: DictConfig) -> Segmenter:
         **head_kwargs,
     )
     mean, std = pixel_mean_std(model_cfg.normalization)
-    return Segmenter(backbone, head, model_cfg.output_stride, model_cfg.align_corners, mean, std,
-                     name=model_name(model_cfg))
+    return Segmenter(
+        backbone, head, model_cfg.output_stride, model_cfg.align_corners, mean, std, name=model_name(model_cfg)
+    )
