@@ -7,19 +7,25 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+import pytest
 
-from conftest import CONF_DIR, REPO
+from conftest import REPO
 
 # One thread per process: tiny tensors, and immune to other jobs on a shared machine.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def run_tool(tool: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def tool_command(tool: str, *args: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    """`python [LAUNCHER] tools/<tool>.py ARGS`, e.g. launcher=("-m", "torch.distributed.run", ...)."""
+    return [sys.executable, *launcher, str(REPO / "tools" / f"{tool}.py"), *args]
+
+
+def run_tool(tool: str, *args: str, timeout: int = 300, env: dict | None = None,
+             launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`python tools/<tool>.py ARGS` from the repository root."""
-    cmd = [sys.executable, str(REPO / "tools" / f"{tool}.py"), *args]
+    cmd = tool_command(tool, *args, launcher=launcher)
     return subprocess.run(cmd, cwd=REPO, env=env or ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -45,16 +51,14 @@ def snapshot(*roots: Path) -> dict[str, str]:
     return digests
 
 
-def compose_config(*overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
-def tiny_train_args(root: Path, *overrides: str) -> list[str]:
-    """A few iterations of the default model on a 16-image built-in dataset of 48x48 images."""
-    return [
-        "head=lraspp", f"dataset.root={root}", "dataset.synthetic.num_train=16", "dataset.synthetic.num_val=4",
-        "dataset.synthetic.image_size=48", "dataset.num_workers=0", "train.max_iters=4", "train.batch_size=4",
-        "train.crop_size=32", "train.lr=0.01", "train.warmup_iters=0", "train.eval_every=0",
-        "train.checkpoint_every=2", "train.log_every=1", "train.progress=false", "train.vis_images=1", *overrides,
-    ]
+def mounted_tmpfs(mount: Path, options: str, what: str) -> Iterator[Path]:
+    """For a fixture to `yield from`: a tmpfs mounted at `mount` (made here) with these mount
+    options, unmounted afterwards; skips the test, naming `what`, where mounting is not allowed."""
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount {what} here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

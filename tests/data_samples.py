@@ -1,4 +1,4 @@
-"""Small datasets written by the data tests into their tmp_path."""
+"""Small datasets written by the data and training tests into their tmp_path."""
 
 from __future__ import annotations
 
@@ -34,3 +34,23 @@ def write_voc(root: Path, splits: dict[str, list[str]], h: int = 24, w: int = 32
     for split, names in splits.items():
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(n + "\n" for n in names))
     return voc
+
+
+def write_voc_tree(root: Path, n_train: int, n_val: int, num_classes: int, split: str = "train_aug") -> Path:
+    """VOC layout with 40x40 images: a rectangle of class 1 + i % (num_classes - 1) on background."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (voc / "JPEGImages").mkdir()
+    rng = np.random.default_rng(0)
+    names = {split: [f"t{i}" for i in range(n_train)], "val": [f"v{i}" for i in range(n_val)]}
+    for i, name in enumerate(names[split] + names["val"]):
+        mask = np.zeros((40, 40), np.uint8)
+        y, x = rng.integers(0, 20, 2)
+        mask[y:y + 16, x:x + 16] = 1 + i % (num_classes - 1)
+        image = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
+        image[mask > 0] += 150
+        Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg")
+        write_mask(voc / "SegmentationClass" / f"{name}.png", mask)
+    for s, ids in names.items():
+        (voc / "ImageSets" / "Segmentation" / f"{s}.txt").write_text("".join(n + "\n" for n in ids))
+    return root

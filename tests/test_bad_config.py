@@ -5,28 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-from cli_helpers import assert_one_line_error, compose_config, run_tool, tiny_train_args
-from seg.config import check_config, check_train_config, register_configs
+from cli_helpers import assert_one_line_error, run_tool
+from conftest import compose_config, tiny_train_args
+from seg.config import check_config, check_train_config
 from seg.engine.checkpoint import CheckpointError, load_checkpoint
 from seg.engine.trainer import train
 from seg.errors import ConfigError
 
-register_configs()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("synthetic")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("override, key", [
@@ -68,6 +55,7 @@ def test_batch_of_one_trains_with_frozen_batch_norm(synth_root, tmp_path):
     assert train(cfg, tmp_path / "run")["iterations"] == 2
 
 
+@pytest.mark.slow
 def test_the_tools_print_bad_values_in_one_line(synth_root, tmp_path):
     out = run_tool("train", *tiny_train_args(synth_root, "train.crop_size=0", "train.scale_min=3"),
                    f"hydra.run.dir={tmp_path / 'run'}")

@@ -423,6 +423,7 @@ def test_worker_error_is_one_line(tmp_path):
     assert "sample 'a'" in msg and "unpack requires a buffer" in msg and "Traceback" not in msg
 
 
+@pytest.mark.slow
 def test_unreadable_image_in_workers_of_train_py(tmp_path):
     root = tmp_path / "data"
     for split, stems in {"train": ["a", "b"], "val": ["c"]}.items():

@@ -7,27 +7,23 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from seg.config import register_configs
 from seg.models import build_segmenter
 from seg.models.layers import tf_same_pad
 from seg.models.tf_weights import convert_deeplab, read_tf_checkpoint
 from seg.models.weights import WeightsError
 
-from conftest import CONF_DIR
+from conftest import compose_config
 
 tf = pytest.importorskip("tensorflow")
 import tf_deeplab_reference as reference  # noqa: E402  (needs TensorFlow)
 
-register_configs()
 EXPERIMENT = {1.0: "mobilenetv2_coco_voc_trainaug", 0.5: "mobilenetv2_dm05_coco_voc_trainaug"}
 
 
 def experiment_config(depth_multiplier: float, *overrides: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose("config", overrides=[f"experiment={EXPERIMENT[depth_multiplier]}", *overrides])
+    return compose_config(f"experiment={EXPERIMENT[depth_multiplier]}", *overrides)
 
 
 def run_converted(state: dict, image_nhwc: np.ndarray, output_stride: int, **model_changes) -> np.ndarray:
@@ -50,6 +46,7 @@ def releases(tmp_path_factory):
     return cases
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [(1.0, 16, (513, 513)), (1.0, 8, (256, 192)), (0.5, 16, (512, 384)), (0.5, 8, (513, 513))])
 @pytest.mark.parametrize("form", ["frozen_graph", "checkpoint"])
 def test_converted_model_matches_tensorflow(releases, case, form):
@@ -60,6 +57,7 @@ def test_converted_model_matches_tensorflow(releases, case, form):
     assert np.abs(ours - tf_logits).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_tensorflow_numerics_options_matter(releases):
     image, tf_logits, pb, _ = releases[(0.5, 16, (512, 384))]  # even size: SAME pads asymmetrically
     state = convert_deeplab(pb, experiment_config(0.5))
@@ -68,6 +66,7 @@ def test_tensorflow_numerics_options_matter(releases):
         assert np.abs(run_converted(state, image, 16, **change) - tf_logits).max() > 1e-3, change
 
 
+@pytest.mark.slow
 def test_provenance_and_stored_numerics(releases):
     _, _, pb, _ = releases[(1.0, 16, (513, 513))]
     state = convert_deeplab(pb, experiment_config(1.0))
@@ -97,6 +96,7 @@ def _graph_without(pb_path, out_path, drop=None, add=None):
     return out_path
 
 
+@pytest.mark.slow
 def test_mapping_failures_name_the_tensor(releases, tmp_path):
     _, _, pb, _ = releases[(1.0, 16, (513, 513))]
     missing = _graph_without(pb, tmp_path / "missing.pb", drop="MobilenetV2/expanded_conv_7/expand/weights")

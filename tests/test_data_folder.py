@@ -6,19 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 from PIL import Image
 
+from conftest import CONF_DIR, compose_config
 from data_samples import random_image
-from seg.config import DatasetConfig, register_configs
+from seg.config import DatasetConfig
 from seg.data import DATASETS, DatasetError, build_dataset
 from seg.data.base import write_mask
 from seg.data.transforms import build_eval_transform
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 CLASSES = ["background", "road", "car"]
 
 
@@ -71,22 +70,18 @@ def test_folder_bad_config_and_missing_folders(tmp_path):
 
 @pytest.mark.parametrize("name", DATASETS)
 def test_dataset_configs_compose(name):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"dataset={name}"])
+    cfg = compose_config(f"dataset={name}")
     assert cfg.dataset.name == name
     assert len(cfg.dataset.class_names) == cfg.dataset.num_classes
-    assert (CONF / "dataset" / f"{name}.yaml").read_text().startswith("# @package dataset\n")
+    assert (CONF_DIR / "dataset" / f"{name}.yaml").read_text().startswith("# @package dataset\n")
     for key in ("root", "train_split", "val_split", "num_workers", "num_classes", "ignore_index"):
         assert key in cfg.dataset
 
 
 def test_config_typos_fail():
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        with pytest.raises(ConfigCompositionException):
-            compose("config", overrides=["dataset.synthetic.num_trian=5"])
-        with pytest.raises((ConfigCompositionException, ValidationError)):
-            compose("config", overrides=["dataset.name=vco"])
-        cfg = compose("config", overrides=["dataset.synthetic.num_train=5"])
+    with pytest.raises(ConfigCompositionException):
+        compose_config("dataset.synthetic.num_trian=5")
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_config("dataset.name=vco")
+    cfg = compose_config("dataset.synthetic.num_train=5")
     assert OmegaConf.to_object(cfg.dataset).synthetic.num_train == 5

@@ -1,10 +1,9 @@
 """MobileNetV1 and MnasNet encoders: every head at every output stride, output-stride switching,
 torchvision weights, ONNX export, and the classification forms' multiply-adds and parameters
-against the papers (and torchvision); the one-layer worked example; the tradeoff benchmark."""
+against the papers (and torchvision); the one-layer worked example."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -12,10 +11,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from seg.config import register_configs
 from seg.engine.checkpoint import save_checkpoint
 from seg.export import run_export
 from seg.flops import count_multiply_adds, count_parameters, separable_layer_example
@@ -25,22 +22,16 @@ from seg.models.mnasnet import mnasnet_a1, mnasnet_b1
 from seg.models.mobilenet_v1 import mobilenet_v1
 from seg.models.weights import WeightsError
 
-from conftest import CONF_DIR, randomize_batchnorm
+from conftest import compose_config, randomize_batchnorm
 
-register_configs()
 BACKBONES = ["mnv1", "mnasnet_b1", "mnasnet_a1"]
 HEADS = ["aspp_lite", "deeplabv3", "deeplabv3plus", "lraspp"]
 SIZE = 65
 
 
-def compose_cfg(*overrides: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose("config", overrides=list(overrides))
-
-
 def build(backbone: str, head: str, output_stride: int = 16, num_classes: int = 21):
-    cfg = compose_cfg(f"backbone={backbone}", f"head={head}", f"model.output_stride={output_stride}",
-                      f"dataset.num_classes={num_classes}")  # fmt: skip
+    cfg = compose_config(f"backbone={backbone}", f"head={head}", f"model.output_stride={output_stride}",
+                         f"dataset.num_classes={num_classes}")  # fmt: skip
     return build_segmenter(cfg.model).eval()
 
 
@@ -158,13 +149,14 @@ def test_pretrained_picks_torchvision_weights_of_the_same_multiplier(monkeypatch
 def test_onnx_export_matches_pytorch(tmp_path, backbone, head):
     data = [f"dataset.root={tmp_path / 'synthetic'}", "dataset.synthetic.num_train=2",
             "dataset.synthetic.num_val=2", "dataset.synthetic.image_size=48"]  # fmt: skip
-    cfg = compose_cfg(*data, f"backbone={backbone}", f"head={head}")
+    cfg = compose_config(*data, f"backbone={backbone}", f"head={head}")
     torch.manual_seed(0)
     model = build_segmenter(cfg.model).eval()
     randomize_batchnorm(model)
     ckpt = tmp_path / f"{backbone}_{head}.pt"
     save_checkpoint(ckpt, {"model": model.state_dict(), "config": OmegaConf.to_yaml(cfg, resolve=True)})
-    report = run_export(compose_cfg(*data, f"checkpoint={ckpt}", f"export.input_size={SIZE}", "export.check_images=2"))
+    report = run_export(compose_config(*data, f"checkpoint={ckpt}", f"export.input_size={SIZE}",
+                                       "export.check_images=2"))
     assert report["check"]["agreement"] >= 0.999 and report["check"]["max_abs_diff"] < 1e-3
     session = ort.InferenceSession(report["path"], providers=["CPUExecutionProvider"])
     x = torch.randn(1, 3, SIZE, SIZE)
@@ -177,7 +169,7 @@ def test_onnx_export_matches_pytorch(tmp_path, backbone, head):
 
 
 def classifier(backbone: str, *overrides: str):
-    cfg = compose_cfg(f"backbone={backbone}", *overrides)
+    cfg = compose_config(f"backbone={backbone}", *overrides)
     return build_classifier(cfg.model.backbone).eval()
 
 
@@ -247,26 +239,3 @@ def test_separable_layer_worked_example():
     assert e["ratio"] == pytest.approx(1 / 512 + 1 / 9)
     odd = separable_layer_example(7, 24, 40, 5)
     assert odd["hooks"] == odd["formula"]
-
-
-# --- tradeoff benchmark -------------------------------------------------------------------------
-
-
-def test_tradeoff_task_writes_plot_json_and_table(tmp_path):
-    from seg.bench import run_task
-
-    cfg = compose_cfg("benchmark.task=tradeoff", "benchmark.warmup=0", "benchmark.runs=1",
-                      "benchmark.tradeoff.mnv1_multipliers=[0.25]", "benchmark.tradeoff.mnv1_sizes=[32,48]",
-                      "benchmark.tradeoff.mnv2_multipliers=[]", "benchmark.tradeoff.mnv3=[small]",
-                      "benchmark.tradeoff.mnasnet_b1_multipliers=[]", "benchmark.tradeoff.input_size=32",
-                      f"benchmark.tradeoff.output_dir={tmp_path}")  # fmt: skip
-    result = run_task(cfg)
-    assert [(r["family"], r["label"]) for r in result["results"]] == [
-        ("MobileNetV1", "0.25-32"), ("MobileNetV1", "0.25-48"), ("MobileNetV3", "Small")]
-    for row in result["results"]:
-        assert row["multiply_adds"] > 0 and row["eager"]["median_ms"] > 0 and row["ort_fp32"]["median_ms"] > 0
-    png = tmp_path / "tradeoff.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "tradeoff.json").read_text())["results"] == result["results"]
-    assert "| MobileNetV1 | 0.25-48 | 48 |" in (tmp_path / "tradeoff.md").read_text()
-

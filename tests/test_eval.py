@@ -5,12 +5,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from seg.config import register_configs
 from seg.data import build_dataset
 from seg.data.transforms import build_eval_transform
 from seg.engine.checkpoint import save_checkpoint
@@ -18,19 +16,12 @@ from seg.engine.evaluator import evaluate, predict_probs, run_evaluation
 from seg.engine.trainer import train
 from seg.models import build_segmenter
 
-from conftest import CONF_DIR
-
-register_configs()
-
-
-def config(*overrides: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose("config", overrides=list(overrides))
+from conftest import CONF_DIR, compose_config
 
 
 def small_model(*overrides: str) -> nn.Module:
     torch.manual_seed(0)
-    return build_segmenter(config("backbone=mnv3_small", "head=deeplabv3", *overrides).model).eval()
+    return build_segmenter(compose_config("backbone=mnv3_small", "head=deeplabv3", *overrides).model).eval()
 
 
 def test_single_scale_without_flip_is_plain_inference():
@@ -131,8 +122,9 @@ def test_the_report_counts_the_multiply_adds_of_the_images_evaluated():
 
 
 def test_output_stride_switch_at_eval_changes_nothing_but_dilations(tmp_path):
-    cfg = config("backbone=mnv3_small", "head=deeplabv3", "dataset.root=" + str(tmp_path / "synthetic"),
-                 "dataset.synthetic.num_train=2", "dataset.synthetic.num_val=3", "dataset.synthetic.image_size=64")
+    cfg = compose_config("backbone=mnv3_small", "head=deeplabv3", "dataset.root=" + str(tmp_path / "synthetic"),
+                         "dataset.synthetic.num_train=2", "dataset.synthetic.num_val=3",
+                         "dataset.synthetic.image_size=64")
     torch.manual_seed(0)
     model = build_segmenter(cfg.model)
     ckpt = tmp_path / "model.pt"
@@ -141,7 +133,7 @@ def test_output_stride_switch_at_eval_changes_nothing_but_dilations(tmp_path):
     cfg.eval.output_stride = 8
     report = run_evaluation(cfg, tmp_path / "run")
 
-    at8 = build_segmenter(config("backbone=mnv3_small", "head=deeplabv3", "model.output_stride=8").model)
+    at8 = build_segmenter(compose_config("backbone=mnv3_small", "head=deeplabv3", "model.output_stride=8").model)
     at8.load_state_dict(model.state_dict())
     dataset = build_dataset(cfg.dataset, "val", build_eval_transform())
     expected = evaluate(at8, dataset, "imagenet", num_classes=21, progress=False)
@@ -157,7 +149,7 @@ def test_output_stride_switch_at_eval_changes_nothing_but_dilations(tmp_path):
 
 
 def test_eval_on_the_real_voc_sample(real_fixtures, tmp_path):
-    cfg = config("backbone=mnv2_dm05", "head=aspp_lite", "dataset=voc", f"dataset.root={real_fixtures}")
+    cfg = compose_config("backbone=mnv2_dm05", "head=aspp_lite", "dataset=voc", f"dataset.root={real_fixtures}")
     torch.manual_seed(0)
     model = build_segmenter(cfg.model)
     ckpt = tmp_path / "model.pt"
@@ -179,7 +171,7 @@ def test_eval_on_the_real_voc_sample(real_fixtures, tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     from seg.engine.checkpoint import CheckpointError
 
-    cfg = config()
+    cfg = compose_config()
     cfg.checkpoint = str(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="nope.pt"):
         run_evaluation(cfg, tmp_path / "run")
@@ -204,15 +196,16 @@ def test_pad_to_evaluates_on_the_padded_crop_and_crops_back():
         evaluate(model, ListDataset([(image, mask)]), "deeplab", num_classes=21, pad_to=16, progress=False)
 
 
+@pytest.mark.slow
 def test_end_to_end_eval_of_a_briefly_trained_checkpoint(tmp_path):
     """tools/eval.py on a checkpoint from a few training iterations: the model and the dataset come
     from the checkpoint's config, and single-scale evaluation reproduces the trainer's own val
     evaluation; multi-scale + flip at OS8 then runs on the same checkpoint."""
     root = tmp_path / "synthetic"
-    cfg = config("head=lraspp", f"dataset.root={root}", "dataset.synthetic.num_train=8",
-                 "dataset.synthetic.num_val=3", "dataset.synthetic.image_size=48", "dataset.num_workers=0",
-                 "train.max_iters=3", "train.warmup_iters=0", "train.batch_size=4", "train.crop_size=32",
-                 "train.eval_every=0", "train.checkpoint_every=0", "train.progress=false", "train.vis_images=1")
+    cfg = compose_config("head=lraspp", f"dataset.root={root}", "dataset.synthetic.num_train=8",
+                         "dataset.synthetic.num_val=3", "dataset.synthetic.image_size=48", "dataset.num_workers=0",
+                         "train.max_iters=3", "train.warmup_iters=0", "train.batch_size=4", "train.crop_size=32",
+                         "train.eval_every=0", "train.checkpoint_every=0", "train.progress=false", "train.vis_images=1")
     trained = train(cfg, tmp_path / "train")
     ckpt = tmp_path / "train" / "checkpoints" / "last.pt"
 

@@ -10,10 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from seg.config import register_configs
 from seg.data.transforms import normalize
 from seg.engine.checkpoint import save_checkpoint
 from seg.export import ExportError, run_export
@@ -22,9 +20,8 @@ from seg.export.runtime import upsample_argmax
 from seg.fastpath import count_batchnorm, fast_model, fold_batchnorm
 from seg.models import build_segmenter
 
-from conftest import CONF_DIR, randomize_batchnorm
+from conftest import compose_config, randomize_batchnorm
 
-register_configs()
 SIZE = 65
 HEADS = ["aspp_lite", "deeplabv3", "deeplabv3plus", "lraspp"]
 
@@ -32,8 +29,7 @@ HEADS = ["aspp_lite", "deeplabv3", "deeplabv3plus", "lraspp"]
 def config(tmp_path, *overrides: str):
     data = [f"dataset.root={tmp_path / 'synthetic'}", "dataset.synthetic.num_train=4",
             "dataset.synthetic.num_val=2", "dataset.synthetic.image_size=48"]  # fmt: skip
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose("config", overrides=[*data, *overrides])
+    return compose_config(*data, *overrides)
 
 
 def checkpoint(tmp_path, backbone="mnv3_small", head="lraspp", *overrides: str):
@@ -54,8 +50,7 @@ def export(tmp_path, ckpt, *overrides: str) -> dict:
 
 def test_fold_batchnorm_and_fast_path_keep_the_outputs():
     for backbone, head in [("mnv2_dm05", "deeplabv3plus"), ("mnv3_small", "lraspp")]:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-            cfg = compose("config", overrides=[f"backbone={backbone}", f"head={head}"])
+        cfg = compose_config(f"backbone={backbone}", f"head={head}")
         torch.manual_seed(0)
         model = build_segmenter(cfg.model).eval()
         randomize_batchnorm(model, seed=1)
@@ -115,6 +110,7 @@ def test_onnx_export_matches_pytorch_for_every_head(tmp_path, head):
     assert json.loads(props["seg"]) == meta and meta["check"]["agreement"] >= 0.999  # inside == beside
 
 
+@pytest.mark.slow
 def test_dynamic_export_runs_at_any_size(tmp_path):
     ckpt, model, _ = checkpoint(tmp_path, "mnv2_dm05", "deeplabv3plus")
     report = export(tmp_path, ckpt, "export.dynamic=true")
@@ -301,46 +297,3 @@ def test_upsample_argmax_in_strips_matches_one_interpolate(monkeypatch):
     expected = full[0].argmax(0).numpy()
     monkeypatch.setattr(runtime, "_STRIP_ELEMENTS", 5 * 77 * 7)  # strips of 7 rows
     assert (upsample_argmax(logits, 101, 77) == expected).mean() > 0.999
-
-
-def test_latency_task_runs_and_reports_the_targets(tmp_path, capsys):
-    from seg.bench import run_task
-
-    cfg = config(tmp_path, "benchmark.task=latency", "benchmark.warmup=1", "benchmark.runs=2",
-                 "benchmark.latency.models=[mnv2_dm05+aspp_lite]", "benchmark.latency.input_size=33",
-                 "benchmark.latency.peer_input_size=32", "benchmark.latency.calibration_images=2",
-                 "benchmark.latency.agreement_images=1", "benchmark.latency.peak_runs=1")  # fmt: skip
-    result = run_task(cfg)
-    (row,) = result["results"]
-    assert row["model"] == "mnv2_dm05+aspp_lite" and row["input_size"] == 33
-    for mode in ("eager", "fast", "ort_fp32", "ort_int8"):
-        assert row[mode]["median_ms"] > 0 and row[mode]["p90_ms"] >= row[mode]["median_ms"] and row[mode]["gflops"] > 0
-    assert 0 <= row["int8_agreement"] <= 1
-    assert result["peak"]["matmul_gflops"] > 0 and result["peak"]["conv1x1_gflops"] > 0
-    assert {t["goal"] for t in result["targets"]} == {0.75, 2.0, 1.5, 0.98}
-    (agreement,) = [t for t in result["targets"] if t["goal"] == 0.98]
-    assert agreement["value"] is None and "benchmark.latency.checkpoints" in agreement["detail"]
-    out = capsys.readouterr().out
-    assert "| model | input | MAdds | eager | fast path | ORT fp32 | ORT int8 |" in out and "| target |" in out
-
-
-def test_latency_rows_for_trained_checkpoints(tmp_path, capsys):
-    """benchmark.latency.checkpoints: the checkpoint's own weights and dataset, and its int8
-    agreement is the one the target reads."""
-    from seg.bench import run_task
-
-    ckpt, model, _ = checkpoint(tmp_path, "mnv3_small", "lraspp")
-    cfg = config(tmp_path, "benchmark.task=latency", "benchmark.warmup=1", "benchmark.runs=2",
-                 "benchmark.latency.models=[]", f"benchmark.latency.checkpoints=[{ckpt}]",
-                 "benchmark.latency.modes=[ort_fp32,ort_int8]", "benchmark.latency.input_size=33",
-                 "benchmark.latency.calibration_images=2", "benchmark.latency.agreement_images=1",
-                 "benchmark.latency.peak_runs=1")  # fmt: skip
-    result = run_task(cfg)
-    (row,) = result["results"]
-    assert row["model"] == "trained 1: mobilenet_v3_small + lraspp" and row["checkpoint"] == str(ckpt)
-    assert row["params"] == sum(p.numel() for p in model.parameters())
-    assert row["float_modules"] == ["backbone.stem", "backbone.blocks.0"]
-    (agreement,) = [t for t in result["targets"] if t["goal"] == 0.98]
-    assert agreement["value"] == row["int8_agreement"] and 0 <= agreement["value"] <= 1
-    out = capsys.readouterr().out
-    assert f"trained 1: {ckpt}" in out and "(random)" not in out

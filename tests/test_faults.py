@@ -5,26 +5,21 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from cli_helpers import ENV, REPO, assert_one_line_error, run_tool, tiny_train_args
+from cli_helpers import ENV, REPO, assert_one_line_error, mounted_tmpfs, run_tool, tool_command
+from conftest import tiny_train_args
 from seg.engine.checkpoint import load_checkpoint
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("synthetic")
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(synth_root, tmp_path, signum):
     run = tmp_path / "run"
     args = tiny_train_args(synth_root, "train.max_iters=100000", "train.checkpoint_every=0", "dataset.num_workers=2")
-    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "train.py"), *args, f"hydra.run.dir={run}"],
+    proc = subprocess.Popen(tool_command("train", *args, f"hydra.run.dir={run}"),
                             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -59,17 +54,10 @@ def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(synth_ro
 @pytest.fixture
 def small_disk(tmp_path):
     """A 6 MB filesystem: room for one checkpoint of the tiny model (about 4 MB), not for two."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small filesystem here: {made.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    yield from mounted_tmpfs(tmp_path / "disk", "size=6m", "a small filesystem")
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(synth_root, small_disk):
     run = small_disk / "run"
     # last.pt at iteration 2 fits; at iteration 4 last.pt (and best.pt) no longer do.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,18 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cli_helpers import ENV, REPO, assert_one_line_error, compose_config, run_tool, snapshot, tiny_train_args
-from seg.config import register_configs
+from cli_helpers import ENV, REPO, assert_one_line_error, mounted_tmpfs, run_tool, snapshot, tool_command
+from conftest import compose_config, tiny_train_args
 from seg.engine.checkpoint import save_checkpoint
 from seg.files import FileClashError, RunLock, refuse_overwrite, same_or_inside
 from seg.models.segmenter import build_segmenter
-
-register_configs()
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("synthetic")
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +32,12 @@ def checkpoint(synth_root, tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_training_into_a_run_directory_in_use_is_refused_naming_the_first(synth_root, tmp_path):
     run = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, str(REPO / "tools" / "train.py"),
-         *tiny_train_args(synth_root, "train.max_iters=100000", "train.checkpoint_every=0"), f"hydra.run.dir={run}"],
+        tool_command("train", *tiny_train_args(synth_root, "train.max_iters=100000", "train.checkpoint_every=0"),
+                     f"hydra.run.dir={run}"),
         cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -63,6 +56,7 @@ def test_a_second_training_into_a_run_directory_in_use_is_refused_naming_the_fir
     RunLock(run).acquire().release()
 
 
+@pytest.mark.slow
 def test_a_fresh_run_never_replaces_a_finished_one(synth_root, tmp_path):
     run = tmp_path / "run"
     out = run_tool("train", *tiny_train_args(synth_root, "train.max_iters=2"), f"hydra.run.dir={run}")
@@ -73,6 +67,7 @@ def test_a_fresh_run_never_replaces_a_finished_one(synth_root, tmp_path):
     assert snapshot(run / "checkpoints", run / "metrics.json", run / ".hydra") == before
 
 
+@pytest.mark.slow
 def test_leftover_temporaries_of_a_killed_write_are_removed_at_the_next_start(synth_root, tmp_path):
     run = tmp_path / "run"
     out = run_tool("train", *tiny_train_args(synth_root, "train.max_iters=2"), f"hydra.run.dir={run}")
@@ -123,6 +118,7 @@ def test_same_or_inside_and_refuse_overwrite(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_never_writes_over_its_checkpoint(checkpoint, tmp_path):
     before = snapshot(checkpoint)
     for extra in ([], ["export.overwrite=true"]):
@@ -132,6 +128,7 @@ def test_export_never_writes_over_its_checkpoint(checkpoint, tmp_path):
         assert snapshot(checkpoint) == before
 
 
+@pytest.mark.slow
 def test_export_keeps_an_existing_file_unless_told(checkpoint, tmp_path):
     target = tmp_path / "model.onnx"
     target.write_bytes(b"the user's own file")
@@ -174,17 +171,10 @@ def test_convert_keeps_an_existing_output(tmp_path):
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A folder on a read-only filesystem (a tmpfs mounted read-only): unwritable even for root."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a read-only filesystem here: {made.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    yield from mounted_tmpfs(tmp_path / "ro", "ro,size=1m", "a read-only filesystem")
 
 
+@pytest.mark.slow
 def test_read_only_run_and_output_directories_are_one_line(synth_root, checkpoint, read_only_dir, tmp_path):
     out = run_tool("train", *tiny_train_args(synth_root, "train.max_iters=1"),
                    f"hydra.run.dir={read_only_dir / 'run'}")

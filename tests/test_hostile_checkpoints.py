@@ -18,13 +18,11 @@ import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cli_helpers import assert_one_line_error, compose_config, run_tool, snapshot, tiny_train_args
-from seg.config import register_configs
+from cli_helpers import assert_one_line_error, run_tool, snapshot
+from conftest import compose_config, tiny_train_args
 from seg.engine.checkpoint import CheckpointError, load_segmenter, save_checkpoint, stored_config
 from seg.errors import UnsafeFileError
 from seg.models.segmenter import build_segmenter
-
-register_configs()
 
 CALL = {"_target_": "builtins.open", "_args_": None}  # _args_ filled with [marker, "w"] per test
 
@@ -161,6 +159,7 @@ def _tool_args(tool: str, ckpt: Path, root: Path, tmp_path: Path) -> list[str]:
     raise AssertionError(tool)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", ["eval", "export", "predict", "benchmark", "train.init_from", "train.resume"])
 def test_every_tool_refuses_a_hostile_checkpoint(evil, tmp_path, tool):
     ckpt, marker, root = evil

@@ -3,32 +3,23 @@ import math
 import pytest
 import torch
 import torchvision
-from hydra import compose, initialize_config_dir
 
-from seg.config import register_configs
 from seg.flops import count_evaluation, count_parameters
 from seg.models import Segmenter, build_segmenter
 from seg.models.mobilenet_v2 import mobilenet_v2
 from seg.models.mobilenet_v3 import mobilenet_v3_large, mobilenet_v3_small
 from seg.models.weights import WeightsError
 
-from conftest import CONF_DIR
+from conftest import compose_config
 
 BACKBONES = ["mnv2", "mnv2_dm05", "mnv2_dm075", "mnv2_dm14", "mnv3_large", "mnv3_small"]
 HEADS = ["aspp_lite", "deeplabv3", "deeplabv3plus", "lraspp"]
 
-register_configs()
-
-
-def model_cfg(*overrides: str):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return compose("config", overrides=list(overrides)).model
-
 
 def build(backbone: str, head: str, output_stride: int = 16, num_classes: int = 21) -> Segmenter:
-    cfg = model_cfg(f"backbone={backbone}", f"head={head}", f"model.output_stride={output_stride}",
-                    f"dataset.num_classes={num_classes}")
-    return build_segmenter(cfg).eval()
+    cfg = compose_config(f"backbone={backbone}", f"head={head}", f"model.output_stride={output_stride}",
+                         f"dataset.num_classes={num_classes}")
+    return build_segmenter(cfg.model).eval()
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -212,8 +203,7 @@ PUBLISHED = [
 
 @pytest.mark.parametrize("experiment,overrides,published", PUBLISHED)
 def test_published_multiply_adds_within_two_percent(experiment, overrides, published):
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("config", overrides=[f"experiment={experiment}", *overrides])
+    cfg = compose_config(f"experiment={experiment}", *overrides)
     model = build_segmenter(cfg.model)
     model.set_output_stride(cfg.eval.output_stride or cfg.model.output_stride)
     madds = count_evaluation(model, cfg.flops.input_size, list(cfg.eval.scales), cfg.eval.flip)["madds"]

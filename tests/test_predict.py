@@ -99,6 +99,7 @@ def test_fast_path_predicts_what_the_model_predicts(ckpt, tmp_path):
     assert (got == expected.numpy()).mean() >= 0.999
 
 
+@pytest.mark.slow
 def test_predict_with_an_exported_onnx_model(ckpt, tmp_path):
     tmp, path, _ = ckpt
     export_cfg = config(tmp, f"checkpoint={path}", "export.input_size=65", f"export.path={tmp_path / 'm.onnx'}")
@@ -112,6 +113,7 @@ def test_predict_with_an_exported_onnx_model(ckpt, tmp_path):
     assert Image.open(tmp_path / "out" / "rotated.png").size == (40, 60)
 
 
+@pytest.mark.slow
 def test_predict_cli(ckpt, tmp_path):
     tmp, path, _ = ckpt
     folder = tmp_path / "in"

@@ -68,6 +68,7 @@ def assert_one_line_error(done, *named):
     return last
 
 
+@pytest.mark.slow
 def test_output_folder_is_the_input_folder(ckpt, tmp_path):
     _, path = ckpt
     folder = images(tmp_path / "in", "a.jpg", "b.png")
@@ -78,6 +79,7 @@ def test_output_folder_is_the_input_folder(ckpt, tmp_path):
     assert snapshot(folder) == before
 
 
+@pytest.mark.slow
 def test_output_folder_inside_the_input_folder(ckpt, tmp_path):
     _, path = ckpt
     folder = images(tmp_path / "in", "a.jpg")
@@ -88,6 +90,7 @@ def test_output_folder_inside_the_input_folder(ckpt, tmp_path):
     assert not out.exists() and snapshot(folder) == before
 
 
+@pytest.mark.slow
 def test_output_folder_that_holds_the_input_folder(ckpt, tmp_path):
     _, path = ckpt
     out = tmp_path / "out"
@@ -134,6 +137,7 @@ def test_overwrite_never_writes_through_a_link_to_an_input(ckpt, tmp_path):
     assert snapshot(folder) == before
 
 
+@pytest.mark.slow
 def test_training_checkpoint_given_as_model(ckpt, tmp_path):
     _, path = ckpt
     folder = images(tmp_path / "in", "a.jpg")
@@ -272,6 +276,7 @@ def peak_rss_of_predict(tmp_path, image, *args):
     return int(done.stdout.strip().splitlines()[-1]) * (1 if sys.platform == "darwin" else 1024)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS as Linux reports it")
 def test_memory_of_a_large_photo_is_bounded(ckpt, tmp_path):
     _, path = ckpt
