@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from conftest import REPO
 
 # One thread per process: tiny tensors, and immune to other jobs on a shared machine.
@@ -22,8 +21,9 @@ def tool_command(tool: str, *args: str, launcher: tuple[str, ...] = ()) -> list[
     return [sys.executable, *launcher, str(REPO / "tools" / f"{tool}.py"), *args]
 
 
-def run_tool(tool: str, *args: str, timeout: int = 300, env: dict | None = None,
-             launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def run_tool(
+    tool: str, *args: str, timeout: int = 300, env: dict | None = None, launcher: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
     """`python tools/<tool>.py ARGS` from the repository root."""
     cmd = tool_command(tool, *args, launcher=launcher)
     return subprocess.run(cmd, cwd=REPO, env=env or ENV, capture_output=True, text=True, timeout=timeout)

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 # torchvision pulls in torch's triton; loading it after TensorFlow (the converter tests) crashes the
 # process, as both bring their own LLVM. Loading it first is safe.
 import torchvision  # noqa: F401
@@ -30,10 +31,23 @@ def compose_config(*overrides: str) -> DictConfig:
 def tiny_train_args(root: Path, *overrides: str) -> list[str]:
     """A few iterations of the default model on a 16-image built-in dataset of 48x48 images."""
     return [
-        "head=lraspp", f"dataset.root={root}", "dataset.synthetic.num_train=16", "dataset.synthetic.num_val=4",
-        "dataset.synthetic.image_size=48", "dataset.num_workers=0", "train.max_iters=4", "train.batch_size=4",
-        "train.crop_size=32", "train.lr=0.01", "train.warmup_iters=0", "train.eval_every=0",
-        "train.checkpoint_every=2", "train.log_every=1", "train.progress=false", "train.vis_images=1", *overrides,
+        "head=lraspp",
+        f"dataset.root={root}",
+        "dataset.synthetic.num_train=16",
+        "dataset.synthetic.num_val=4",
+        "dataset.synthetic.image_size=48",
+        "dataset.num_workers=0",
+        "train.max_iters=4",
+        "train.batch_size=4",
+        "train.crop_size=32",
+        "train.lr=0.01",
+        "train.warmup_iters=0",
+        "train.eval_every=0",
+        "train.checkpoint_every=2",
+        "train.log_every=1",
+        "train.progress=false",
+        "train.vis_images=1",
+        *overrides,
     ]
 
 

@@ -46,7 +46,7 @@ def write_voc_tree(root: Path, n_train: int, n_val: int, num_classes: int, split
     for i, name in enumerate(names[split] + names["val"]):
         mask = np.zeros((40, 40), np.uint8)
         y, x = rng.integers(0, 20, 2)
-        mask[y:y + 16, x:x + 16] = 1 + i % (num_classes - 1)
+        mask[y : y + 16, x : x + 16] = 1 + i % (num_classes - 1)
         image = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
         image[mask > 0] += 150
         Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg")

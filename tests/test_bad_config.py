@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import assert_one_line_error, run_tool
 from conftest import compose_config, tiny_train_args
+
 from seg.config import check_config, check_train_config
 from seg.engine.checkpoint import CheckpointError, load_checkpoint
 from seg.engine.trainer import train
@@ -16,19 +16,22 @@ from seg.errors import ConfigError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("override, key", [
-    ("train.crop_size=0", "train.crop_size=0 must be > 0"),
-    ("train.scale_min=2.0", "train.scale_min=2.0 must be <= train.scale_max"),
-    ("eval.scales=[]", "eval.scales=[] must be a non-empty list"),
-    ("eval.scales=[1.0,-0.5]", "eval.scales=[1.0, -0.5] must be a non-empty list of values > 0"),
-    ("train.lr=0", "train.lr=0.0 must be > 0"),
-    ("dataset.num_workers=-1", "dataset.num_workers=-1 must be >= 0"),
-    ("model.output_stride=12", "model.output_stride=12 must be 8, 16 or 32"),
-    ("train.batch_size=0", "train.batch_size=0 must be > 0"),
-    ("eval.max_images=0", "eval.max_images=0 must be > 0"),
-    ("predict.alpha=2", "predict.alpha=2.0 must be in [0, 1]"),
-    ("export.input_size=8", "export.input_size=8 must be >= 32"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.crop_size=0", "train.crop_size=0 must be > 0"),
+        ("train.scale_min=2.0", "train.scale_min=2.0 must be <= train.scale_max"),
+        ("eval.scales=[]", "eval.scales=[] must be a non-empty list"),
+        ("eval.scales=[1.0,-0.5]", "eval.scales=[1.0, -0.5] must be a non-empty list of values > 0"),
+        ("train.lr=0", "train.lr=0.0 must be > 0"),
+        ("dataset.num_workers=-1", "dataset.num_workers=-1 must be >= 0"),
+        ("model.output_stride=12", "model.output_stride=12 must be 8, 16 or 32"),
+        ("train.batch_size=0", "train.batch_size=0 must be > 0"),
+        ("eval.max_images=0", "eval.max_images=0 must be > 0"),
+        ("predict.alpha=2", "predict.alpha=2.0 must be in [0, 1]"),
+        ("export.input_size=8", "export.input_size=8 must be >= 32"),
+    ],
+)
 def test_each_value_out_of_range_is_named(override, key):
     with pytest.raises(ConfigError) as err:
         check_config(compose_config(override))
@@ -50,18 +53,27 @@ def test_training_checks_the_model_against_the_data_and_the_batch():
 
 
 def test_batch_of_one_trains_with_frozen_batch_norm(synth_root, tmp_path):
-    cfg = compose_config(*tiny_train_args(synth_root, "head=aspp_lite", "train.batch_size=1", "train.freeze_bn=true",
-                                          "train.max_iters=2"))
+    cfg = compose_config(
+        *tiny_train_args(
+            synth_root, "head=aspp_lite", "train.batch_size=1", "train.freeze_bn=true", "train.max_iters=2"
+        )
+    )
     assert train(cfg, tmp_path / "run")["iterations"] == 2
 
 
 @pytest.mark.slow
 def test_the_tools_print_bad_values_in_one_line(synth_root, tmp_path):
-    out = run_tool("train", *tiny_train_args(synth_root, "train.crop_size=0", "train.scale_min=3"),
-                   f"hydra.run.dir={tmp_path / 'run'}")
+    out = run_tool(
+        "train",
+        *tiny_train_args(synth_root, "train.crop_size=0", "train.scale_min=3"),
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert_one_line_error(out, "train.crop_size=0 must be > 0", "train.scale_min=3.0 must be <= train.scale_max")
-    out = run_tool("train", *tiny_train_args(synth_root, "head=deeplabv3plus", "train.batch_size=1"),
-                   f"hydra.run.dir={tmp_path / 'run'}")
+    out = run_tool(
+        "train",
+        *tiny_train_args(synth_root, "head=deeplabv3plus", "train.batch_size=1"),
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert_one_line_error(out, "train.batch_size=1", "train.freeze_bn=true")
     out = run_tool("eval", "checkpoint=whatever.pt", "eval.scales=[]", f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line_error(out, "eval.scales=[]")
@@ -92,8 +104,9 @@ def test_resuming_another_architecture_names_the_differences(synth_root, finishe
 
 def test_resuming_past_max_iters_is_refused(synth_root, finished, tmp_path):
     cfg = compose_config(*tiny_train_args(synth_root, "train.max_iters=3", f"train.resume={finished}"))
-    with pytest.raises(CheckpointError, match=f"{finished} is at iteration 4, past train.max_iters=3: set "
-                                              "train.max_iters >= 4"):
+    with pytest.raises(
+        CheckpointError, match=f"{finished} is at iteration 4, past train.max_iters=3: set train.max_iters >= 4"
+    ):
         train(cfg, tmp_path / "run")
     # The same max_iters is fine (nothing left to do but the final evaluation).
     cfg = compose_config(*tiny_train_args(synth_root, f"train.resume={finished}"))

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_samples import block_mask, random_image, write_voc
 from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader
 
-from data_samples import block_mask, random_image, write_voc
 from seg.config import CocoConfig, DatasetConfig
 from seg.data import DatasetError, build_dataset
 from seg.data.base import SegmentationDataset, read_split_file
@@ -119,8 +119,13 @@ def _image(i: int, **kw) -> dict:
     return {"id": i, "file_name": f"{i:012d}.jpg", "height": H, "width": W, **kw}
 
 
-def _write_coco(root: Path, anns: list[dict], images: list[dict] | None = None, split: str = "val2017",
-                text: str | bytes | None = None) -> Path:
+def _write_coco(
+    root: Path,
+    anns: list[dict],
+    images: list[dict] | None = None,
+    split: str = "val2017",
+    text: str | bytes | None = None,
+) -> Path:
     images = [_image(1)] if images is None else images
     for k, a in enumerate(anns):
         a.setdefault("id", 100 + k)
@@ -233,7 +238,7 @@ def test_annotation_without_key(tmp_path, key):
     with pytest.raises(DatasetError) as e:
         build_dataset(_coco_cfg(tmp_path), "val")
     msg = _one_line(e)
-    assert f"annotation 9" in msg and f"no '{key}'" in msg and str(path) in msg
+    assert "annotation 9" in msg and f"no '{key}'" in msg and str(path) in msg
 
 
 @pytest.mark.parametrize("key", ["height", "width", "file_name", "id"])
@@ -324,9 +329,20 @@ def test_prepare_coco_reports_bad_annotation(tmp_path, capsys):
 def test_prepare_coco_subprocess_one_line(tmp_path):
     _write_coco(tmp_path, [_person([_box(0, 0, 4, 4)]), _person("nonsense", id=12)])
     proc = subprocess.run(
-        [sys.executable, "tools/prepare_coco.py", "--coco-root", str(tmp_path), "--workers", "2",
-         "--splits", "val2017"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "tools/prepare_coco.py",
+            "--coco-root",
+            str(tmp_path),
+            "--workers",
+            "2",
+            "--splits",
+            "val2017",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -359,8 +375,13 @@ class _Failing(SegmentationDataset):
 
     def __init__(self, root: Path, error: BaseException, **kw) -> None:
         _folder(root, ["a", "b"])
-        super().__init__(["a", "b"], [root / "images" / f"{s}.png" for s in "ab"],
-                         [root / "masks" / f"{s}.png" for s in "ab"], CLASSES, **kw)
+        super().__init__(
+            ["a", "b"],
+            [root / "images" / f"{s}.png" for s in "ab"],
+            [root / "masks" / f"{s}.png" for s in "ab"],
+            CLASSES,
+            **kw,
+        )
         self.error = error
 
     def read_mask(self, index: int) -> np.ndarray:
@@ -371,8 +392,12 @@ class _Failing(SegmentationDataset):
 
 @pytest.mark.parametrize(
     "error",
-    [struct.error("unpack requires a buffer of 4 bytes"), SyntaxError("broken PNG file\n  (chunk)"),
-     KeyError("tRNS"), ValueError("")],
+    [
+        struct.error("unpack requires a buffer of 4 bytes"),
+        SyntaxError("broken PNG file\n  (chunk)"),
+        KeyError("tRNS"),
+        ValueError(""),
+    ],
 )
 def test_any_load_error_becomes_one_line(tmp_path, error):
     ds = _Failing(tmp_path, error)
@@ -436,10 +461,24 @@ def test_unreadable_image_in_workers_of_train_py(tmp_path):
     bad.write_bytes(bad.read_bytes()[:200])  # truncated
     try:
         proc = subprocess.run(
-            [sys.executable, "tools/train.py", "dataset=folder", f"dataset.root={root}", "dataset.num_workers=2",
-             "train.max_iters=2", "train.warmup_iters=0", "train.batch_size=2", "train.crop_size=32",
-             "train.eval_every=0", "train.checkpoint_every=0", f"hydra.run.dir={tmp_path / 'run'}"],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "tools/train.py",
+                "dataset=folder",
+                f"dataset.root={root}",
+                "dataset.num_workers=2",
+                "train.max_iters=2",
+                "train.warmup_iters=0",
+                "train.batch_size=2",
+                "train.crop_size=32",
+                "train.eval_every=0",
+                "train.checkpoint_every=0",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     except subprocess.TimeoutExpired as e:
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import compose_config, tiny_train_args
+from test_export import checkpoint, config
+
 from seg.bench import TASKS, run_task
 from seg.errors import ConfigError
-from test_export import checkpoint, config
 
 
 def _cfg(tmp_path, *overrides):
@@ -28,12 +28,23 @@ def test_data_task(tmp_path, capsys):
 
 @pytest.mark.usefixtures("one_thread")
 def test_train_task_reports_images_per_second(synth_root, capsys):
-    cfg = compose_config(*tiny_train_args(synth_root, "benchmark.task=train", "flops.input_size=65",
-                                          "train.batch_size=2", "benchmark.warmup=0", "benchmark.runs=1",
-                                          "benchmark.threads=1"))
+    cfg = compose_config(
+        *tiny_train_args(
+            synth_root,
+            "benchmark.task=train",
+            "flops.input_size=65",
+            "train.batch_size=2",
+            "benchmark.warmup=0",
+            "benchmark.runs=1",
+            "benchmark.threads=1",
+        )
+    )
     result = run_task(cfg)
     assert [r["config"] for r in result["results"]] == [
-        "configured", "mobilenetv2_coco_voc_trainaug", "mobilenetv2_dm05_coco_voc_trainaug"]
+        "configured",
+        "mobilenetv2_coco_voc_trainaug",
+        "mobilenetv2_dm05_coco_voc_trainaug",
+    ]
     assert all(r["images_per_s"] > 0 for r in result["results"]) and result["crop_size"] == 65
     assert "| config | backbone | head | images/s |" in capsys.readouterr().out
 
@@ -69,7 +80,7 @@ def test_latency_rows_for_trained_checkpoints(tmp_path, capsys):
                  "benchmark.latency.peak_runs=1")  # fmt: skip
     result = run_task(cfg)
     (row,) = result["results"]
-    assert row["model"] == "trained 1: mobilenet_v3_small + lraspp" and row["checkpoint"] == str(ckpt)
+    assert row["model"] == "trained 1: mobilenet_v3_small x1 + LRASPPHead" and row["checkpoint"] == str(ckpt)
     assert row["params"] == sum(p.numel() for p in model.parameters())
     assert row["float_modules"] == ["backbone.stem", "backbone.blocks.0"]
     (agreement,) = [t for t in result["targets"] if t["goal"] == 0.98]
@@ -87,7 +98,10 @@ def test_tradeoff_task_writes_plot_json_and_table(tmp_path):
                          f"benchmark.tradeoff.output_dir={tmp_path}")  # fmt: skip
     result = run_task(cfg)
     assert [(r["family"], r["label"]) for r in result["results"]] == [
-        ("MobileNetV1", "0.25-32"), ("MobileNetV1", "0.25-48"), ("MobileNetV3", "Small")]
+        ("MobileNetV1", "0.25-32"),
+        ("MobileNetV1", "0.25-48"),
+        ("MobileNetV3", "Small"),
+    ]
     for row in result["results"]:
         assert row["multiply_adds"] > 0 and row["eager"]["median_ms"] > 0 and row["ort_fp32"]["median_ms"] > 0
     png = tmp_path / "tradeoff.png"

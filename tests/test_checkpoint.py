@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import seg.engine.checkpoint as ckpt
-from seg.engine.checkpoint import (CheckpointError, load_checkpoint, rng_state, save_checkpoint,
-                                   set_rng_state)
+from seg.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seg.engine.schedule import build_scheduler
 from seg.errors import UnsafeFileError
 
@@ -132,10 +131,8 @@ def test_rng_state_restores_all_generators(tmp_path):
     random.gauss(0, 1)  # leaves a cached gaussian in the python state
     path = tmp_path / "rng.pt"
     save_checkpoint(path, {"rng": rng_state()})
-    expected = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(),
-                np.random.randn(), torch.rand(3))
+    expected = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3))
     set_rng_state(load_checkpoint(path)["rng"])
-    got = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(),
-           np.random.randn(), torch.rand(3))
+    got = (random.random(), random.gauss(0, 1), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3))
     assert got[:4] == expected[:4]
     assert torch.equal(got[4], expected[4])

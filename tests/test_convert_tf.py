@@ -7,14 +7,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import compose_config
 from omegaconf import OmegaConf
 
 from seg.models import build_segmenter
 from seg.models.layers import tf_same_pad
 from seg.models.tf_weights import convert_deeplab, read_tf_checkpoint
 from seg.models.weights import WeightsError
-
-from conftest import compose_config
 
 tf = pytest.importorskip("tensorflow")
 import tf_deeplab_reference as reference  # noqa: E402  (needs TensorFlow)
@@ -47,7 +46,9 @@ def releases(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [(1.0, 16, (513, 513)), (1.0, 8, (256, 192)), (0.5, 16, (512, 384)), (0.5, 8, (513, 513))])
+@pytest.mark.parametrize(
+    "case", [(1.0, 16, (513, 513)), (1.0, 8, (256, 192)), (0.5, 16, (512, 384)), (0.5, 8, (513, 513))]
+)
 @pytest.mark.parametrize("form", ["frozen_graph", "checkpoint"])
 def test_converted_model_matches_tensorflow(releases, case, form):
     dm, os_, _ = case

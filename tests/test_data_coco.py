@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_samples import random_image
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from data_samples import random_image
 from seg.config import CocoConfig, DatasetConfig
 from seg.data import DatasetError, build_dataset
 from seg.data.coco import COCO_TO_VOC, decode_segmentation, load_annotations
@@ -53,10 +53,12 @@ def _write_coco(root: Path) -> None:
         # image 1: everything at once
         dict(image_id=1, category_id=1, segmentation=_box(2, 2, 24, 24), area=484, iscrowd=0),  # person
         dict(image_id=1, category_id=18, segmentation=_box(15, 15, 34, 34), area=361, iscrowd=0),  # dog, overlaps
-        dict(image_id=1, category_id=3, segmentation=_compressed_rle(_rect_mask(35, 2, 48, 12)), area=130,
-             iscrowd=0),  # car, compressed RLE
-        dict(image_id=1, category_id=1, segmentation=_uncompressed_rle(_rect_mask(35, 25, 48, 38)), area=169,
-             iscrowd=1),  # crowd of people, uncompressed RLE
+        dict(
+            image_id=1, category_id=3, segmentation=_compressed_rle(_rect_mask(35, 2, 48, 12)), area=130, iscrowd=0
+        ),  # car, compressed RLE
+        dict(
+            image_id=1, category_id=1, segmentation=_uncompressed_rle(_rect_mask(35, 25, 48, 38)), area=169, iscrowd=1
+        ),  # crowd of people, uncompressed RLE
         dict(image_id=1, category_id=90, segmentation=_box(2, 30, 12, 38), area=80, iscrowd=0),  # toothbrush
         # image 2: selected area exactly 1000 -> dropped from train; image 3: 1001 -> kept
         dict(image_id=2, category_id=62, segmentation=_box(0, 0, 10, 10), area=1000, iscrowd=0),

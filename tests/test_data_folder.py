@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CONF_DIR, compose_config
+from data_samples import random_image
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 from PIL import Image
 
-from conftest import CONF_DIR, compose_config
-from data_samples import random_image
 from seg.config import DatasetConfig
 from seg.data import DATASETS, DatasetError, build_dataset
 from seg.data.base import write_mask

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from data_samples import block_mask, random_image, write_voc
 from PIL import Image
 
-from data_samples import block_mask, random_image, write_voc
 from seg.config import DatasetConfig
 from seg.data import DatasetError, build_dataset
 from seg.data.base import read_mask, write_mask

@@ -21,8 +21,9 @@ def _worker(rank: int, world_size: int, port: int, out: dict) -> None:
 
     from seg.metrics import ConfusionMatrix
 
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     # Force gloo even on a GPU machine: this test is about the CPU path.
     d.torch.cuda.is_available = lambda: False
     try:
@@ -31,8 +32,11 @@ def _worker(rank: int, world_size: int, port: int, out: dict) -> None:
         cm.update(torch.tensor([rank]), torch.tensor([rank]))  # each rank sees one pixel
         cm.all_reduce()
         d.barrier()
-        out[rank] = (cm.compute()["confusion_matrix"], d.is_main_process(),
-                     type(d.convert_sync_batchnorm(torch.nn.BatchNorm2d(2))).__name__)
+        out[rank] = (
+            cm.compute()["confusion_matrix"],
+            d.is_main_process(),
+            type(d.convert_sync_batchnorm(torch.nn.BatchNorm2d(2))).__name__,
+        )
     finally:
         d.cleanup()
 

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torchvision
+from conftest import compose_config, randomize_batchnorm
 from omegaconf import OmegaConf
 
 from seg.engine.checkpoint import save_checkpoint
@@ -21,8 +22,6 @@ from seg.models.classifier import build_classifier
 from seg.models.mnasnet import mnasnet_a1, mnasnet_b1
 from seg.models.mobilenet_v1 import mobilenet_v1
 from seg.models.weights import WeightsError
-
-from conftest import compose_config, randomize_batchnorm
 
 BACKBONES = ["mnv1", "mnasnet_b1", "mnasnet_a1"]
 HEADS = ["aspp_lite", "deeplabv3", "deeplabv3plus", "lraspp"]
@@ -155,8 +154,9 @@ def test_onnx_export_matches_pytorch(tmp_path, backbone, head):
     randomize_batchnorm(model)
     ckpt = tmp_path / f"{backbone}_{head}.pt"
     save_checkpoint(ckpt, {"model": model.state_dict(), "config": OmegaConf.to_yaml(cfg, resolve=True)})
-    report = run_export(compose_config(*data, f"checkpoint={ckpt}", f"export.input_size={SIZE}",
-                                       "export.check_images=2"))
+    report = run_export(
+        compose_config(*data, f"checkpoint={ckpt}", f"export.input_size={SIZE}", "export.check_images=2")
+    )
     assert report["check"]["agreement"] >= 0.999 and report["check"]["max_abs_diff"] < 1e-3
     session = ort.InferenceSession(report["path"], providers=["CPUExecutionProvider"])
     x = torch.randn(1, 3, SIZE, SIZE)

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import CONF_DIR, compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
@@ -15,8 +16,6 @@ from seg.engine.checkpoint import save_checkpoint
 from seg.engine.evaluator import evaluate, predict_probs, run_evaluation
 from seg.engine.trainer import train
 from seg.models import build_segmenter
-
-from conftest import CONF_DIR, compose_config
 
 
 def small_model(*overrides: str) -> nn.Module:
@@ -97,11 +96,11 @@ def test_evaluate_counts_every_labelled_pixel_once():
         mask = torch.randint(0, 21, (h, w), generator=g)
         mask[:3] = 255
         items.append((image, mask))
-    metrics = evaluate(small_model(), ListDataset(items), "imagenet", num_classes=21, progress=False)
+    metrics = evaluate(small_model(), ListDataset(items), num_classes=21, progress=False)
     labelled = sum(int((m != 255).sum()) for _, m in items)
     assert np.asarray(metrics["confusion_matrix"]).sum() == labelled
     assert metrics["num_images"] == 3
-    limited = evaluate(small_model(), ListDataset(items), "imagenet", num_classes=21, max_images=2, progress=False)
+    limited = evaluate(small_model(), ListDataset(items), num_classes=21, max_images=2, progress=False)
     assert limited["num_images"] == 2
 
 
@@ -109,11 +108,12 @@ def test_the_report_counts_the_multiply_adds_of_the_images_evaluated():
     from seg.flops import count_multiply_adds
 
     g = torch.Generator().manual_seed(0)
-    items = [(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), torch.zeros(h, w, dtype=torch.long))
-             for h, w in [(40, 60), (33, 21)]]
+    items = [
+        (torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), torch.zeros(h, w, dtype=torch.long))
+        for h, w in [(40, 60), (33, 21)]
+    ]
     model = small_model()
-    metrics = evaluate(model, ListDataset(items), "imagenet", num_classes=21, scales=[1.0, 0.5], flip=True,
-                       progress=False)
+    metrics = evaluate(model, ListDataset(items), num_classes=21, scales=[1.0, 0.5], flip=True, progress=False)
     expected = 0
     for h, w in [(40, 60), (33, 21)]:
         expected += 2 * count_multiply_adds(model, h, w)  # scale 1.0, flipped too
@@ -122,9 +122,14 @@ def test_the_report_counts_the_multiply_adds_of_the_images_evaluated():
 
 
 def test_output_stride_switch_at_eval_changes_nothing_but_dilations(tmp_path):
-    cfg = compose_config("backbone=mnv3_small", "head=deeplabv3", "dataset.root=" + str(tmp_path / "synthetic"),
-                         "dataset.synthetic.num_train=2", "dataset.synthetic.num_val=3",
-                         "dataset.synthetic.image_size=64")
+    cfg = compose_config(
+        "backbone=mnv3_small",
+        "head=deeplabv3",
+        "dataset.root=" + str(tmp_path / "synthetic"),
+        "dataset.synthetic.num_train=2",
+        "dataset.synthetic.num_val=3",
+        "dataset.synthetic.image_size=64",
+    )
     torch.manual_seed(0)
     model = build_segmenter(cfg.model)
     ckpt = tmp_path / "model.pt"
@@ -136,13 +141,22 @@ def test_output_stride_switch_at_eval_changes_nothing_but_dilations(tmp_path):
     at8 = build_segmenter(compose_config("backbone=mnv3_small", "head=deeplabv3", "model.output_stride=8").model)
     at8.load_state_dict(model.state_dict())
     dataset = build_dataset(cfg.dataset, "val", build_eval_transform())
-    expected = evaluate(at8, dataset, "imagenet", num_classes=21, progress=False)
+    expected = evaluate(at8, dataset, num_classes=21, progress=False)
     assert report["output_stride"] == 8
     assert report["confusion_matrix"] == expected["confusion_matrix"]
 
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    for key in ("miou", "per_class_iou", "pixel_accuracy", "output_stride", "scales", "flip",
-                "seconds_per_image", "num_images", "confusion_matrix"):
+    for key in (
+        "miou",
+        "per_class_iou",
+        "pixel_accuracy",
+        "output_stride",
+        "scales",
+        "flip",
+        "seconds_per_image",
+        "num_images",
+        "confusion_matrix",
+    ):
         assert key in written
     assert len(written["confusion_matrix"]) == 21 and len(written["confusion_matrix"][0]) == 21
     assert (tmp_path / "run" / "confusion_matrix.png").is_file()
@@ -181,10 +195,16 @@ def test_pad_to_evaluates_on_the_padded_crop_and_crops_back():
     g = torch.Generator().manual_seed(1)
     image = torch.randint(0, 256, (3, 40, 30), dtype=torch.uint8, generator=g)
     mask = torch.randint(0, 21, (40, 30), generator=g)
-    model = small_model()
+    model = small_model("model.normalization=deeplab")
     seen = {}
-    metrics = evaluate(model, ListDataset([(image, mask)]), "deeplab", num_classes=21, pad_to=65, progress=False,
-                       on_prediction=lambda i, img, pred, gt: seen.update(pred=pred))
+    metrics = evaluate(
+        model,
+        ListDataset([(image, mask)]),
+        num_classes=21,
+        pad_to=65,
+        progress=False,
+        on_prediction=lambda i, img, pred, gt: seen.update(pred=pred),
+    )
     from seg.data.transforms import normalize
 
     padded = nn.functional.pad(normalize(image[None], "deeplab"), (0, 35, 0, 25))  # zeros = the mean pixel
@@ -193,7 +213,7 @@ def test_pad_to_evaluates_on_the_padded_crop_and_crops_back():
     assert torch.equal(seen["pred"], expected)
     assert np.asarray(metrics["confusion_matrix"]).sum() == 40 * 30
     with pytest.raises(ValueError, match="eval.pad_to=16"):
-        evaluate(model, ListDataset([(image, mask)]), "deeplab", num_classes=21, pad_to=16, progress=False)
+        evaluate(model, ListDataset([(image, mask)]), num_classes=21, pad_to=16, progress=False)
 
 
 @pytest.mark.slow
@@ -202,19 +222,43 @@ def test_end_to_end_eval_of_a_briefly_trained_checkpoint(tmp_path):
     from the checkpoint's config, and single-scale evaluation reproduces the trainer's own val
     evaluation; multi-scale + flip at OS8 then runs on the same checkpoint."""
     root = tmp_path / "synthetic"
-    cfg = compose_config("head=lraspp", f"dataset.root={root}", "dataset.synthetic.num_train=8",
-                         "dataset.synthetic.num_val=3", "dataset.synthetic.image_size=48", "dataset.num_workers=0",
-                         "train.max_iters=3", "train.warmup_iters=0", "train.batch_size=4", "train.crop_size=32",
-                         "train.eval_every=0", "train.checkpoint_every=0", "train.progress=false", "train.vis_images=1")
+    cfg = compose_config(
+        "head=lraspp",
+        f"dataset.root={root}",
+        "dataset.synthetic.num_train=8",
+        "dataset.synthetic.num_val=3",
+        "dataset.synthetic.image_size=48",
+        "dataset.num_workers=0",
+        "train.max_iters=3",
+        "train.warmup_iters=0",
+        "train.batch_size=4",
+        "train.crop_size=32",
+        "train.eval_every=0",
+        "train.checkpoint_every=0",
+        "train.progress=false",
+        "train.vis_images=1",
+    )
     trained = train(cfg, tmp_path / "train")
     ckpt = tmp_path / "train" / "checkpoints" / "last.pt"
 
     repo = CONF_DIR.parent
-    for run, extra in (("single", []), ("multi", ["eval.output_stride=8", "eval.scales=[0.75,1.0,1.25]",
-                                                    "eval.flip=true"])):
-        out = subprocess.run([sys.executable, str(repo / "tools" / "eval.py"), f"checkpoint={ckpt}",
-                              f"hydra.run.dir={tmp_path / run}", *extra],
-                             cwd=repo, capture_output=True, text=True, timeout=300)
+    for run, extra in (
+        ("single", []),
+        ("multi", ["eval.output_stride=8", "eval.scales=[0.75,1.0,1.25]", "eval.flip=true"]),
+    ):
+        out = subprocess.run(
+            [
+                sys.executable,
+                str(repo / "tools" / "eval.py"),
+                f"checkpoint={ckpt}",
+                f"hydra.run.dir={tmp_path / run}",
+                *extra,
+            ],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
     single = json.loads((tmp_path / "single" / "metrics.json").read_text())
     assert single["num_images"] == 3 and single["miou"] == pytest.approx(trained["miou"], abs=1e-9)

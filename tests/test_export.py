@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import compose_config, randomize_batchnorm
 from omegaconf import OmegaConf
 
 from seg.data.transforms import normalize
@@ -19,8 +20,6 @@ from seg.export.common import file_sha256, read_metadata
 from seg.export.runtime import upsample_argmax
 from seg.fastpath import count_batchnorm, fast_model, fold_batchnorm
 from seg.models import build_segmenter
-
-from conftest import compose_config, randomize_batchnorm
 
 SIZE = 65
 HEADS = ["aspp_lite", "deeplabv3", "deeplabv3plus", "lraspp"]
@@ -131,8 +130,14 @@ def test_dynamic_export_runs_at_any_size(tmp_path):
 
 def test_int8_export_on_a_tiny_calibration_set(tmp_path, capsys):
     ckpt, _, _ = checkpoint(tmp_path, "mnv2_dm05", "aspp_lite")
-    report = export(tmp_path, ckpt, "export.quantize=int8", "export.calibration_images=2", "export.eval_images=2",
-                    "export.min_agreement=0.9")  # random weights: int8 only has to be close
+    report = export(
+        tmp_path,
+        ckpt,
+        "export.quantize=int8",
+        "export.calibration_images=2",
+        "export.eval_images=2",
+        "export.min_agreement=0.9",
+    )  # random weights: int8 only has to be close
     path = tmp_path / "mnv2_dm05_aspp_lite.int8.onnx"
     assert report["path"] == str(path)
     ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
@@ -159,8 +164,16 @@ def test_int8_export_on_a_tiny_calibration_set(tmp_path, capsys):
     assert read_metadata(path)["quantize"] == "int8"
 
 
-@pytest.mark.parametrize("src, dst", [((33, 33), (513, 513)), ((33, 65), (512, 500)), ((17, 13), (257, 200)),
-                                      ((48, 50), (61, 49)), ((49, 49), (513, 513))])
+@pytest.mark.parametrize(
+    "src, dst",
+    [
+        ((33, 33), (513, 513)),
+        ((33, 65), (512, 500)),
+        ((17, 13), (257, 200)),
+        ((48, 50), (61, 49)),
+        ((49, 49), (513, 513)),
+    ],
+)
 def test_final_resize_as_matmuls_equals_bilinear_interpolation(src, dst):
     """Up to MATMUL_MAX_ROWS source rows the final resize becomes two MatMuls with torch's
     bilinear values (align_corners=False); above, the Resize op stays."""
@@ -170,7 +183,11 @@ def test_final_resize_as_matmuls_equals_bilinear_interpolation(src, dst):
 
     (h, w), (height, width) = src, dst
     graph = helper.make_graph(
-        [helper.make_node("Resize", ["x", "", "", "size"], ["y"], mode="linear", coordinate_transformation_mode="half_pixel")],
+        [
+            helper.make_node(
+                "Resize", ["x", "", "", "size"], ["y"], mode="linear", coordinate_transformation_mode="half_pixel"
+            )
+        ],
         "resize",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, height, width]),
          helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, h, w])],
@@ -197,8 +214,14 @@ def test_float_modules_name_the_layers_that_stay_float(tmp_path):
     assert not set(float_nodes(proto, [])) & convs  # nothing requested: every conv is quantized
     stem = set(float_nodes(proto, ["backbone.stem"])) & convs
     assert len(stem) == 1
-    assert len(set(float_nodes(proto, ["backbone"])) & convs) > len(set(float_nodes(proto, ["backbone.blocks.0"])) & convs) > 0
-    with pytest.raises(ExportError, match=r"export.float_modules: no layer of the model is in 'backbone.stemm'.*backbone.stem"):
+    assert (
+        len(set(float_nodes(proto, ["backbone"])) & convs)
+        > len(set(float_nodes(proto, ["backbone.blocks.0"])) & convs)
+        > 0
+    )
+    with pytest.raises(
+        ExportError, match=r"export.float_modules: no layer of the model is in 'backbone.stemm'.*backbone.stem"
+    ):
         float_nodes(proto, ["backbone.stemm"])
 
     # The quantizer's pre-processing splits HardSwish into HardSigmoid and Mul, unnamed and without

@@ -8,9 +8,9 @@ import subprocess
 import time
 
 import pytest
-
 from cli_helpers import ENV, REPO, assert_one_line_error, mounted_tmpfs, run_tool, tool_command
 from conftest import tiny_train_args
+
 from seg.engine.checkpoint import load_checkpoint
 
 
@@ -19,13 +19,22 @@ from seg.engine.checkpoint import load_checkpoint
 def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(synth_root, tmp_path, signum):
     run = tmp_path / "run"
     args = tiny_train_args(synth_root, "train.max_iters=100000", "train.checkpoint_every=0", "dataset.num_workers=2")
-    proc = subprocess.Popen(tool_command("train", *args, f"hydra.run.dir={run}"),
-                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        tool_command("train", *args, f"hydra.run.dir={run}"),
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         log = run / "train.log"
-        while proc.poll() is None and time.monotonic() < deadline and "iteration 3/" not in (
-                log.read_text() if log.exists() else ""):
+        while (
+            proc.poll() is None
+            and time.monotonic() < deadline
+            and "iteration 3/" not in (log.read_text() if log.exists() else "")
+        ):
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended early"
         proc.send_signal(signum)
@@ -34,9 +43,15 @@ def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(synth_ro
         proc.kill()
     out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     name = signal.Signals(signum).name
-    line = assert_one_line_error(out, f"stopped by {name} after iteration", str(run / "checkpoints" / "last.pt"),
-                                 "resume with: python", f"hydra.run.dir={run}", "train.resume=auto",
-                                 exit_code=128 + signum)
+    line = assert_one_line_error(
+        out,
+        f"stopped by {name} after iteration",
+        str(run / "checkpoints" / "last.pt"),
+        "resume with: python",
+        f"hydra.run.dir={run}",
+        "train.resume=auto",
+        exit_code=128 + signum,
+    )
     stopped_at = int(line.split("after iteration ")[1].split(":")[0])
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["iteration"] == stopped_at >= 3
@@ -48,7 +63,9 @@ def test_a_signal_finishes_the_step_saves_and_prints_the_resume_command(synth_ro
     out = run_tool("train", *resumed)
     assert out.returncode == 0, out.stderr[-3000:]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == stopped_at + 1
-    assert f"resumed from {run / 'checkpoints' / 'last.pt'} at iteration {stopped_at}" in (run / "train.log").read_text()
+    assert (
+        f"resumed from {run / 'checkpoints' / 'last.pt'} at iteration {stopped_at}" in (run / "train.log").read_text()
+    )
 
 
 @pytest.fixture
@@ -61,8 +78,9 @@ def small_disk(tmp_path):
 def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(synth_root, small_disk):
     run = small_disk / "run"
     # last.pt at iteration 2 fits; at iteration 4 last.pt (and best.pt) no longer do.
-    out = run_tool("train", *tiny_train_args(synth_root, "train.max_iters=4", "train.checkpoint_every=2"),
-                   f"hydra.run.dir={run}")
+    out = run_tool(
+        "train", *tiny_train_args(synth_root, "train.max_iters=4", "train.checkpoint_every=2"), f"hydra.run.dir={run}"
+    )
     assert_one_line_error(out, "no space left on device writing", str(run / "checkpoints"), "is intact")
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 2
     assert not list((run / "checkpoints").glob(".*.tmp"))

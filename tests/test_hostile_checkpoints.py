@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cli_helpers import assert_one_line_error, run_tool, snapshot
+from conftest import compose_config, tiny_train_args
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cli_helpers import assert_one_line_error, run_tool, snapshot
-from conftest import compose_config, tiny_train_args
 from seg.engine.checkpoint import CheckpointError, load_segmenter, save_checkpoint, stored_config
 from seg.errors import UnsafeFileError
 from seg.models.segmenter import build_segmenter
@@ -33,8 +33,15 @@ def _config(root: Path) -> dict:
 
 
 def _write(path: Path, config: dict, weights: dict) -> Path:
-    save_checkpoint(path, {"model": weights, "config": yaml.safe_dump(config), "iteration": 2,
-                           "optimizer": {"state": {}, "param_groups": []}})
+    save_checkpoint(
+        path,
+        {
+            "model": weights,
+            "config": yaml.safe_dump(config),
+            "iteration": 2,
+            "optimizer": {"state": {}, "param_groups": []},
+        },
+    )
     return path
 
 
@@ -68,8 +75,17 @@ def _hostile(config: dict, marker: Path, where: str) -> dict:
     return bad
 
 
-@pytest.mark.parametrize("where", ["nested in the backbone", "as the backbone", "as the head", "deep in a list",
-                                   "in another section", "as an interpolation"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "nested in the backbone",
+        "as the backbone",
+        "as the head",
+        "deep in a list",
+        "in another section",
+        "as an interpolation",
+    ],
+)
 def test_stored_configs_that_name_code_are_refused(good, tmp_path, where):
     config, weights, _ = good
     marker = tmp_path / "marker"

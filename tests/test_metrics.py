@@ -28,8 +28,7 @@ def brute_force(preds, targets, n, ignore=255):
 def random_batch(rng, n_cls, shape=(3, 17, 23)):
     target = rng.integers(0, n_cls, size=shape)
     target[rng.random(shape) < 0.15] = 255
-    pred = np.where(rng.random(shape) < 0.6, np.clip(target, 0, n_cls - 1),
-                    rng.integers(0, n_cls, size=shape))
+    pred = np.where(rng.random(shape) < 0.6, np.clip(target, 0, n_cls - 1), rng.integers(0, n_cls, size=shape))
     return pred, target
 
 

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torchvision
+from conftest import compose_config
 
 from seg.flops import count_evaluation, count_parameters
 from seg.models import Segmenter, build_segmenter
@@ -10,15 +11,17 @@ from seg.models.mobilenet_v2 import mobilenet_v2
 from seg.models.mobilenet_v3 import mobilenet_v3_large, mobilenet_v3_small
 from seg.models.weights import WeightsError
 
-from conftest import compose_config
-
 BACKBONES = ["mnv2", "mnv2_dm05", "mnv2_dm075", "mnv2_dm14", "mnv3_large", "mnv3_small"]
 HEADS = ["aspp_lite", "deeplabv3", "deeplabv3plus", "lraspp"]
 
 
 def build(backbone: str, head: str, output_stride: int = 16, num_classes: int = 21) -> Segmenter:
-    cfg = compose_config(f"backbone={backbone}", f"head={head}", f"model.output_stride={output_stride}",
-                         f"dataset.num_classes={num_classes}")
+    cfg = compose_config(
+        f"backbone={backbone}",
+        f"head={head}",
+        f"model.output_stride={output_stride}",
+        f"dataset.num_classes={num_classes}",
+    )
     return build_segmenter(cfg.model).eval()
 
 

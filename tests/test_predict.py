@@ -9,13 +9,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
+from test_export import checkpoint, config
 
 from seg.export import run_export
 from seg.predict import ImageReadError, PredictError, read_image, run_predict
-
-from conftest import REPO
-from test_export import checkpoint, config
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +139,9 @@ def test_predict_refuses_a_missing_input_or_two_models(ckpt, tmp_path):
 
 
 def test_exif_orientation_and_the_direct_jpeg_path_read_what_pil_shows(tmp_path, monkeypatch):
-    import seg.predict as predict
     from PIL import ImageOps
+
+    import seg.predict as predict
 
     rng = np.random.default_rng(2)
     rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
@@ -221,7 +221,7 @@ def test_a_large_image_predicts_what_the_model_predicts_at_its_size(ckpt):
         logits = model(normalize(torch.from_numpy(scaled).permute(2, 0, 1)[None], "imagenet"))
     expected = F.interpolate(logits, size=(150, 230), mode="bilinear", align_corners=False)[0].argmax(0).numpy()
     for net in (model, fast_model(model)):
-        got = TorchPredictor(net, "imagenet", max_size=100)(image)
+        got = TorchPredictor(net, max_size=100)(image)
         assert got.shape == (150, 230) and (got == expected).mean() >= 0.999
 
 

@@ -13,14 +13,13 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
+from test_export import checkpoint, config
 
 import seg.predict as predict
 from seg.export.runtime import sniff_model_file
 from seg.predict import run_predict
-
-from conftest import REPO
-from test_export import checkpoint, config
 
 PREDICT = str(REPO / "tools" / "predict.py")
 

@@ -9,19 +9,19 @@ from seg.engine.schedule import build_scheduler, poly_lr_lambda
 def test_poly_values():
     f = poly_lr_lambda(100, power=0.9)
     assert f(0) == 1.0
-    assert f(50) == pytest.approx(0.5 ** 0.9)
-    assert f(99) == pytest.approx(0.01 ** 0.9)
+    assert f(50) == pytest.approx(0.5**0.9)
+    assert f(99) == pytest.approx(0.01**0.9)
     assert f(100) == 0.0 and f(150) == 0.0
     assert poly_lr_lambda(10, power=1.0)(3) == pytest.approx(0.7)
 
 
 def test_warmup_ramp_is_linear_and_joins_poly():
     f = poly_lr_lambda(100, power=0.9, warmup_iters=10, warmup_factor=0.1)
-    end = 0.9 ** 0.9  # poly value where warm-up ends
+    end = 0.9**0.9  # poly value where warm-up ends
     assert f(0) == pytest.approx(0.1)
     assert f(5) == pytest.approx(0.1 + (end - 0.1) * 0.5)
     assert f(10) == pytest.approx(end)
-    assert f(11) == pytest.approx(0.89 ** 0.9)
+    assert f(11) == pytest.approx(0.89**0.9)
     ramp = [f(i) for i in range(11)]
     steps = [b - a for a, b in zip(ramp, ramp[1:])]
     assert all(s == pytest.approx(steps[0]) for s in steps)
@@ -48,7 +48,7 @@ def test_scheduler_steps_per_iteration():
         opt.step()
         sched.step()
     assert lrs[0] == pytest.approx(0.01)
-    assert lrs[10] == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert lrs[10] == pytest.approx(0.01 * 0.5**0.9)
     assert opt.param_groups[0]["lr"] == 0.0
 
 

@@ -9,9 +9,9 @@ import math
 
 import pytest
 import torch
-
 from conftest import compose_config, tiny_train_args
 from data_samples import write_voc_tree
+
 from seg.data import DatasetError
 from seg.engine import trainer
 from seg.engine.checkpoint import CheckpointError, load_checkpoint, load_segmenter
@@ -68,8 +68,7 @@ def test_run_writes_checkpoints_metrics_and_events(synth_root, tmp_path):
 
 def test_non_finite_loss_stops_naming_the_iteration_and_keeps_the_last_checkpoint(synth_root, tmp_path):
     run = tmp_path / "run"
-    cfg = compose_config(*tiny_train_args(synth_root, "train.lr=1e6", "train.max_iters=10",
-                                          "train.checkpoint_every=1"))
+    cfg = compose_config(*tiny_train_args(synth_root, "train.lr=1e6", "train.max_iters=10", "train.checkpoint_every=1"))
     with pytest.raises(TrainingError, match=r"at iteration (\d+)") as err:
         train(cfg, run)
     stopped_at = int(err.value.args[0].split("at iteration ")[1].split(":")[0])
@@ -85,9 +84,17 @@ def test_fine_tuning_with_another_class_count_reinitialises_only_the_classifiers
     ckpt = source / "checkpoints" / "last.pt"
 
     voc = write_voc_tree(tmp_path / "voc3", 8, 2, num_classes=3)
-    cfg = compose_config(*tiny_train_args(synth_root, "dataset=voc_aug", f"dataset.root={voc}",
-                                          "dataset.num_classes=3", "dataset.class_names=[background,square,block]",
-                                          "train.max_iters=1", f"train.init_from={ckpt}"))
+    cfg = compose_config(
+        *tiny_train_args(
+            synth_root,
+            "dataset=voc_aug",
+            f"dataset.root={voc}",
+            "dataset.num_classes=3",
+            "dataset.class_names=[background,square,block]",
+            "train.max_iters=1",
+            f"train.init_from={ckpt}",
+        )
+    )
     seen = {}
     real_load = trainer._load_init
 
@@ -150,14 +157,24 @@ def test_missing_dataset_fails_before_any_model_is_built(synth_root, tmp_path, m
 
 def test_bad_settings_are_one_clear_error(synth_root, tmp_path):
     cfg = compose_config(*tiny_train_args(synth_root, "train.warmup_iters=10", "train.class_weights=[1.0,2.0]"))
-    with pytest.raises(ConfigError, match=r"train.warmup_iters=10 .*train.class_weights=\[1.0, 2.0\] has 2 values for 21"):
+    with pytest.raises(
+        ConfigError, match=r"train.warmup_iters=10 .*train.class_weights=\[1.0, 2.0\] has 2 values for 21"
+    ):
         train(cfg, tmp_path / "run")
 
 
 def test_class_weights_and_label_smoothing_and_aux_loss_train(synth_root, tmp_path):
     weights = "[" + ",".join(["0.5"] + ["1.0"] * 20) + "]"
-    cfg = compose_config(*tiny_train_args(synth_root, f"train.class_weights={weights}", "train.label_smoothing=0.1",
-                                          "train.aux_loss_weight=0.4", "train.max_iters=2", "train.warmup_iters=1"))
+    cfg = compose_config(
+        *tiny_train_args(
+            synth_root,
+            f"train.class_weights={weights}",
+            "train.label_smoothing=0.1",
+            "train.aux_loss_weight=0.4",
+            "train.max_iters=2",
+            "train.warmup_iters=1",
+        )
+    )
     metrics = train(cfg, tmp_path / "run")
     assert math.isfinite(metrics["miou"])
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
@@ -169,14 +186,26 @@ def test_class_weights_and_label_smoothing_and_aux_loss_train(synth_root, tmp_pa
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides", [["experiment=mobilenetv2_coco_voc_trainaug"],
-                                       ["experiment=mobilenetv2_dm05_coco_voc_trainaug"],
-                                       ["dataset=voc_aug", "backbone=mnv2_dm05"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["experiment=mobilenetv2_coco_voc_trainaug"],
+        ["experiment=mobilenetv2_dm05_coco_voc_trainaug"],
+        ["dataset=voc_aug", "backbone=mnv2_dm05"],
+    ],
+)
 def test_the_published_recipe_is_what_voc_runs_get(overrides):
     cfg = compose_config(*overrides)
     t = cfg.train
     assert (t.max_iters, t.batch_size, t.crop_size, t.lr, t.momentum, t.weight_decay, t.poly_power) == (
-        30000, 16, 513, 0.007, 0.9, 4e-5, 0.9)
+        30000,
+        16,
+        513,
+        0.007,
+        0.9,
+        4e-5,
+        0.9,
+    )
     assert (t.scale_min, t.scale_max, t.scale_step, t.flip, t.freeze_bn) == (0.5, 2.0, 0.25, True, False)
     assert (t.aux_loss_weight, t.label_smoothing, t.class_weights) == (0.0, 0.0, None)
     assert cfg.model.output_stride == 16 and cfg.dataset.name.value == "voc_aug"
@@ -191,8 +220,9 @@ def test_the_default_run_uses_the_built_in_dataset_settings():
 def test_init_from_warns_when_the_checkpoint_computed_differently(synth_root, tmp_path, caplog):
     source = tmp_path / "source"
     train(compose_config(*tiny_train_args(synth_root, "train.max_iters=1", "model.normalization=deeplab")), source)
-    cfg = compose_config(*tiny_train_args(synth_root, "train.max_iters=1",
-                                          f"train.init_from={source / 'checkpoints' / 'last.pt'}"))
+    cfg = compose_config(
+        *tiny_train_args(synth_root, "train.max_iters=1", f"train.init_from={source / 'checkpoints' / 'last.pt'}")
+    )
     with caplog.at_level(logging.WARNING, logger="seg.engine.trainer"):
         train(cfg, tmp_path / "run")
     assert any("model.normalization=deeplab" in r.getMessage() for r in caplog.records)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cli_helpers import ENV, REPO, run_tool, tool_command
 from conftest import compose_config, tiny_train_args
 from data_samples import write_voc_tree
+
 from seg.engine.checkpoint import load_checkpoint
 from seg.models.segmenter import build_segmenter
 
@@ -57,8 +57,11 @@ def test_default_dataset_run_end_to_end(synth_root, tmp_path):
 def test_voc_aug_run_end_to_end(synth_root, tmp_path):
     voc = write_voc_tree(tmp_path / "voc", 8, 3, num_classes=21)
     run = tmp_path / "run"
-    out = run_tool("train", *tiny_train_args(synth_root, "dataset=voc_aug", f"dataset.root={voc}",
-                                             "backbone=mnv2_dm05"), f"hydra.run.dir={run}")
+    out = run_tool(
+        "train",
+        *tiny_train_args(synth_root, "dataset=voc_aug", f"dataset.root={voc}", "backbone=mnv2_dm05"),
+        f"hydra.run.dir={run}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["iterations"] == 4 and metrics["num_val_images"] == 3
@@ -67,8 +70,14 @@ def test_voc_aug_run_end_to_end(synth_root, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_same_weights(synth_root, tmp_path):
-    args = tiny_train_args(synth_root, "train.max_iters=16", "train.checkpoint_every=2", "train.crop_size=48",
-                           "train.deterministic=true", "model.head.dropout=0.3")
+    args = tiny_train_args(
+        synth_root,
+        "train.max_iters=16",
+        "train.checkpoint_every=2",
+        "train.crop_size=48",
+        "train.deterministic=true",
+        "model.head.dropout=0.3",
+    )
     straight = tmp_path / "straight"
     out = run_tool("train", *args, f"hydra.run.dir={straight}")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -103,13 +112,18 @@ def test_two_processes_match_one_with_the_same_global_batch(synth_root, tmp_path
     # Batch norm in inference mode (freeze_bn) and no dropout (lraspp): then a step on the global
     # batch is the same computation whether one process or two do it. (torch's SyncBatchNorm, which
     # would make trained batch norm match too, runs on GPUs only.)
-    args = tiny_train_args(synth_root, "train.batch_size=4", "train.max_iters=4", "train.lr=0.05",
-                           "train.freeze_bn=true")
+    args = tiny_train_args(
+        synth_root, "train.batch_size=4", "train.max_iters=4", "train.lr=0.05", "train.freeze_bn=true"
+    )
     one, two = tmp_path / "one", tmp_path / "two"
     out = run_tool("train", *args, f"hydra.run.dir={one}")
     assert out.returncode == 0, out.stderr[-3000:]
-    out = run_tool("train", *args, f"hydra.run.dir={two}",
-                   launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    out = run_tool(
+        "train",
+        *args,
+        f"hydra.run.dir={two}",
+        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "2 processes" in (two / "train.log").read_text()
 

@@ -18,16 +18,27 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
-
 from cli_helpers import ENV, REPO
 from conftest import compose_config, tiny_train_args
+from omegaconf import OmegaConf
+
 from seg.data import DatasetError
 from seg.data.transforms import normalize
 from seg.engine import trainer
 from seg.engine.checkpoint import load_checkpoint
-from seg.engine.trainer import (Run, TrainingError, batches, evaluate_and_log, finish, make_run, restore, save,
-                                set_up, train_loader, train_step)
+from seg.engine.trainer import (
+    Run,
+    TrainingError,
+    batches,
+    evaluate_and_log,
+    finish,
+    make_run,
+    restore,
+    save,
+    set_up,
+    train_loader,
+    train_step,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,8 +54,15 @@ except FileClashError as e:
 
 def lock_refusal(run_dir: Path) -> str:
     """What another process that tries to lock `run_dir` is told ("" when it gets the lock)."""
-    out = subprocess.run([sys.executable, "-c", _TRY_LOCK, str(run_dir)], cwd=REPO, env=ENV, capture_output=True,
-                         text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _TRY_LOCK, str(run_dir)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return out.stdout.strip()
 
 

@@ -3,8 +3,7 @@ import pytest
 from PIL import Image
 
 from seg.data.classes import VOC_CLASSES, voc_palette
-from seg.viz import (colorize, confusion_matrix_figure, image_grid, overlay,
-                     save_confusion_matrix_png, save_palette_png)
+from seg.viz import colorize, confusion_matrix_figure, image_grid, overlay, save_confusion_matrix_png, save_palette_png
 
 
 def mask(h=12, w=16, seed=0):
@@ -76,5 +75,5 @@ def test_image_grid_layout():
     grid = image_grid(images, gts, preds, pad=2)
     assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3
     assert grid.shape[:2] == (2 * (12 + 2) + 2, 3 * (16 + 2) + 2)
-    np.testing.assert_array_equal(grid[2:14, 2 + 18:2 + 18 + 16], colorize(gts[0]))
-    np.testing.assert_array_equal(grid[16:26, 2 + 36:2 + 36 + 8], colorize(preds[1]))
+    np.testing.assert_array_equal(grid[2:14, 2 + 18 : 2 + 18 + 16], colorize(gts[0]))
+    np.testing.assert_array_equal(grid[16:26, 2 + 36 : 2 + 36 + 8], colorize(preds[1]))

@@ -9,7 +9,6 @@ independently of the project's model code.
 from __future__ import annotations
 
 import numpy as np
-
 import tensorflow as tf
 
 V2_BLOCKS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
@@ -134,7 +133,9 @@ def export(directory, depth_multiplier: float, output_stride: int, height: int, 
             out = sess.run(logits, {images: image})
             prefix = str(directory / "model.ckpt-30000")
             tf.compat.v1.train.Saver().save(sess, prefix)
-            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), ["SemanticLogits"])
+            frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+                sess, graph.as_graph_def(), ["SemanticLogits"]
+            )
     pb = directory / "frozen_inference_graph.pb"
     pb.write_bytes(frozen.SerializeToString())
     return image, out, pb, prefix
