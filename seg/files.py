@@ -3,20 +3,23 @@
 - `refuse_overwrite`: a tool never writes over a file it was not told to replace.
 - `same_or_inside`: the clash checks between inputs and outputs (predict, export).
 - `RunLock`: one process at a time in a run directory (training), with the holder named.
+- `write_atomically`: a file is either the old one or the whole new one, never half written.
 - `remove_stale_temporaries`: leftovers of a write that was killed half way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import secrets
 import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from seg.errors import SegError
 
@@ -48,6 +51,39 @@ def same_or_inside(path: PathLike, folder: PathLike) -> bool:
     """Whether `path` is `folder` or lies inside it (links resolved)."""
     path, folder = Path(path).resolve(), Path(folder).resolve()
     return path == folder or folder in path.parents
+
+
+def make_folder(folder: PathLike) -> None:
+    """`mkdir -p`, with one line when a file stands where a folder should be."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FileClashError(f"cannot create the folder {folder}: a file is in the way") from None
+
+
+def write_atomically(path: PathLike, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` a temporary file beside `path`, then rename it to `path`: a run interrupted
+    half way leaves the previous file (or none), never half a file. An OSError names `path`, the
+    file the user asked for, not the temporary."""
+    path = Path(path)
+    make_folder(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, SegError) and exc.filename in (None, str(tmp)):
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
+def write_text_atomically(path: PathLike, text: str) -> None:
+    """`write_atomically` for a text file."""
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 class UnwritableError(SegError):

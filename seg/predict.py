@@ -14,10 +14,8 @@ full-size beyond that (labels from logits, overlay, PNG and JPEG encoding) works
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import secrets
 import time
 import warnings
 from functools import partial
@@ -29,7 +27,7 @@ from omegaconf import DictConfig
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from seg.errors import SegError
-from seg.files import FileClashError, overwrite_key, same_or_inside
+from seg.files import FileClashError, make_folder, overwrite_key, same_or_inside, write_atomically
 from seg.viz import JPEG_MAX_SIDE, save_overlay_jpeg, save_palette_png
 
 
@@ -254,30 +252,6 @@ def plan_outputs(files: list[Path], root: Path, output: Path, overwrite: bool = 
     return stems
 
 
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise FileClashError(f"cannot create the folder {folder}: a file is in the way") from None
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` a temporary file beside `path`, then rename it to `path`: a run interrupted
-    half way leaves the previous file (or none), never half a file."""
-    _make_folder(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
-    try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError) and not isinstance(exc, SegError) and exc.filename in (None, str(tmp)):
-            raise type(exc)(exc.errno, exc.strerror, str(path)) from None  # name the file the user asked for
-        raise
-
-
 def build_predictor(cfg: DictConfig) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     """The image -> labels function for `checkpoint=` or `model=`, and a line describing it."""
     check_model_args(cfg)
@@ -351,7 +325,7 @@ def predict_files(
     own memory."""
     if stems is None:
         stems = plan_outputs(files, root, output, overwrite)
-    _make_folder(output)
+    make_folder(output)
     done, skipped = 0, 0
     for file in files:
         try:
@@ -369,10 +343,10 @@ def predict_files(
         labels = predictor(image)
         seconds = time.perf_counter() - start
         mask_path, overlay_path = output_paths(output, stems[file])
-        _write_atomic(mask_path, partial(save_palette_png, labels))
+        write_atomically(mask_path, partial(save_palette_png, labels))
         if max(height, width) <= JPEG_MAX_SIDE:
             # The image is not needed after this: the overlay is built in its memory.
-            _write_atomic(overlay_path, partial(_overlay_into, image, labels, alpha))
+            write_atomically(overlay_path, partial(_overlay_into, image, labels, alpha))
         else:
             log(f"no overlay for {file}: JPEG allows at most {JPEG_MAX_SIDE} pixels a side")
         del image, labels  # before the next image is read

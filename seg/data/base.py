@@ -8,7 +8,7 @@ A raw sample is `(image, mask)`: RGB uint8 HxWx3 and uint8 HxW holding class ind
 from __future__ import annotations
 
 import logging
-import os
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from seg.data.classes import voc_palette
 from seg.errors import SegError
+from seg.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +124,11 @@ def read_mask(path: Path) -> np.ndarray:
     return mask
 
 
-_PALETTE = voc_palette().ravel().tolist()
-
-
 def write_mask(path: Path, mask: np.ndarray) -> None:
     """Write class indices as a VOC-style palette PNG, atomically (a crash leaves no partial file)."""
-    img = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))  # "L"; putpalette makes it "P"
-    img.putpalette(_PALETTE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from seg.viz import save_palette_png  # matplotlib stays out of the data loaders' imports
+
+    write_atomically(path, partial(save_palette_png, np.ascontiguousarray(mask, dtype=np.uint8)))
 
 
 def check_sample(image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int, path: Path) -> None:

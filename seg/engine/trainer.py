@@ -58,7 +58,7 @@ from seg.engine.loss import SegmentationLoss
 from seg.engine.sampling import SeededSamples, SeededTransform, TrainBatchSampler
 from seg.engine.schedule import build_scheduler
 from seg.errors import SegError
-from seg.files import FileClashError, RunLock, remove_stale_temporaries
+from seg.files import FileClashError, RunLock, remove_stale_temporaries, write_text_atomically
 from seg.models.segmenter import Segmenter, TrainNet, build_segmenter
 from seg.viz import image_grid
 
@@ -222,21 +222,14 @@ def _save_config(cfg: DictConfig, run_dir: Path) -> None:
     """The resolved config (and, under Hydra, the command-line overrides) in `.hydra/`."""
     out = run_dir / ".hydra"
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text_atomically(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         from hydra.core.hydra_config import HydraConfig
 
         overrides = list(HydraConfig.get().overrides.task)
     except ValueError:  # not under Hydra (the Python API, tests)
         return
-    _write_text(out / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Atomically (temporary file, then rename): a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomically(out / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
 def _param_groups(net: TrainNet, train_cfg: DictConfig) -> list[dict]:
@@ -761,7 +754,7 @@ def finish(run: Run) -> dict:
         "world_size": run.world_size,
     }
     if run.main:
-        _write_text(run.run_dir / "metrics.json", json.dumps(_jsonable(result), indent=2) + "\n")
+        write_text_atomically(run.run_dir / "metrics.json", json.dumps(_jsonable(result), indent=2) + "\n")
     barrier()
     return result
 

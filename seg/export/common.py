@@ -16,6 +16,7 @@ from torch import nn
 
 from seg.data.classes import voc_palette
 from seg.errors import SegError
+from seg.files import write_text_atomically
 
 
 class ExportError(SegError, RuntimeError):
@@ -142,9 +143,7 @@ def metadata_path(model_path: str | os.PathLike) -> Path:
 def write_metadata(model_path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
     """MODEL.json beside the model, written atomically."""
     path = metadata_path(model_path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(metadata, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(metadata, indent=2) + "\n")
     return path
 
 

@@ -3,9 +3,9 @@ reported done."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +19,7 @@ from seg.export.check import compare, format_check, miou, torch_runner
 from seg.export.common import ExportError, ExportWrapper, build_metadata, metadata_path, write_metadata
 from seg.export.runtime import ExportedPredictor
 from seg.fastpath import fold_batchnorm
-from seg.files import FileClashError, refuse_overwrite, require_writable, same_or_inside
+from seg.files import FileClashError, refuse_overwrite, require_writable, same_or_inside, write_atomically
 
 FP32_AGREEMENT = 0.999  # argmax agreement an fp32 export must reach against PyTorch
 INT8_AGREEMENT = 0.98  # ... and an int8 export against the fp32 one
@@ -94,15 +94,9 @@ def _embed_metadata(built: Path, fmt: str, metadata: dict[str, Any]) -> None:
 
 
 def _move_into_place(built: Path, path: Path) -> None:
-    """Copy a finished, checked file from the work folder beside its destination, then rename it
-    over the destination: the destination is either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(built, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Copy a finished, checked file from the work folder to its destination, atomically: the
+    destination is either the old file or the whole new one."""
+    write_atomically(path, partial(shutil.copyfile, built))
 
 
 def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
