@@ -103,7 +103,14 @@ class ModelConfig:
     num_classes: int = "${dataset.num_classes}"  # type: ignore[assignment]
     output_stride: int = 16
     normalization: Normalization = Normalization.imagenet
+    # The input's per-channel mean and std in 0..255 units, RGB; when set they replace
+    # `normalization` (TF Lite's DeepLab files: [128, 128, 128] and [128, 128, 128]).
+    pixel_mean: Optional[List[float]] = None
+    pixel_std: Optional[List[float]] = None
     align_corners: bool = False
+    # The batch norms hold the identity because the source folded them into the convs (TF Lite
+    # files): they carry no statistics of real data, so training freezes them (train.freeze_bn).
+    folded_batch_norm: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,8 +233,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     sync_bn: bool = True  # SyncBatchNorm under torchrun (GPUs only)
     # Batch norm in inference mode: statistics frozen, scale and shift still trained (DeepLab's
-    # fine-tuning on trainval at small batch).
-    freeze_bn: bool = False
+    # fine-tuning on trainval at small batch). null: frozen when model.folded_batch_norm (weights
+    # converted from a TF Lite file), else trained.
+    freeze_bn: Optional[bool] = None
     progress: bool = True  # progress bar
     # CPU training: intra-op threads. null: as many as cores are free, re-checked every few seconds,
     # so that training beside other busy processes does not wait on its own descheduled threads
@@ -315,8 +323,22 @@ class TrainBenchConfig:
 
 
 @dataclass
+class OfficialBenchConfig:
+    """`tools/benchmark.py official`: the official DeepLab TF Lite files on LiteRT against our
+    conversion of them on PyTorch and its ONNX export, on real VOC images. Relative paths are
+    relative to the current directory."""
+
+    models_dir: str = "../shared/fixtures/official/models"  # the .tflite files (each one found is run)
+    # Folders holding VOCdevkit/VOC2012: every SegmentationClass/*.png with its JPEGImages/*.jpg
+    voc_root: List[str] = field(default_factory=lambda: ["../shared/fixtures/official", "../shared/fixtures/real"])
+    # Images with no ground truth: agreement with the official runtime only
+    extra_images: List[str] = field(default_factory=lambda: ["../shared/fixtures/official/images/bird.bmp"])
+    output_dir: Optional[str] = None  # official.md, official.json (None: the run directory)
+
+
+@dataclass
 class BenchmarkConfig:
-    task: str = "data"  # data | train | eval | latency | tradeoff; `tools/benchmark.py TASK` sets it
+    task: str = "data"  # data | train | eval | latency | tradeoff | official; `tools/benchmark.py TASK` sets it
     threads: int = 2
     warmup: int = 5
     runs: int = 20
@@ -325,6 +347,7 @@ class BenchmarkConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     tradeoff: TradeoffConfig = field(default_factory=TradeoffConfig)
     train: TrainBenchConfig = field(default_factory=TrainBenchConfig)
+    official: OfficialBenchConfig = field(default_factory=OfficialBenchConfig)
 
 
 class ExportFormat(str, Enum):
@@ -387,8 +410,13 @@ class ConvertConfig:
     """`tools/convert_tf.py source=PATH output=FILE experiment=...` (the tool maps `source=` and
     `output=` onto these keys)."""
 
-    source: Optional[str] = None  # frozen_inference_graph.pb, or a model.ckpt-NNNN prefix
-    output: Optional[str] = None  # the checkpoint to write (default: model.pt beside the source)
+    # A TF Lite DeepLab file (.tflite), a model-zoo release archive (.tar.gz), its
+    # frozen_inference_graph.pb, or a model.ckpt-NNNN prefix
+    source: Optional[str] = None
+    output: Optional[str] = None  # the checkpoint to write (default: <source name>.pt beside the source)
+    # The converted model's output stride (the weights are the same at any): null: the file's own
+    # (TF Lite, frozen graphs), else 16
+    output_stride: Optional[int] = None
     overwrite: bool = False  # replace an existing file at `output`
 
 
@@ -446,6 +474,10 @@ def _value_problems(cfg: Any) -> list[str]:
     m, d, t, e = cfg.model, cfg.dataset, cfg.train, cfg.eval
     need(m.output_stride in (8, 16, 32), "model.output_stride", "must be 8, 16 or 32")
     need(m.num_classes > 0, "model.num_classes", "must be > 0")
+    for key in ("pixel_mean", "pixel_std"):
+        values = m.get(key)
+        need(values is None or len(values) == 3, f"model.{key}", "must be 3 values (R, G, B in 0..255 units) or null")
+    need(m.get("pixel_std") is None or all(v > 0 for v in m.pixel_std), "model.pixel_std", "must all be > 0")
     need(
         OmegaConf.select(m, "head.dropout", default=0.0) is None
         or 0.0 <= OmegaConf.select(m, "head.dropout", default=0.0) < 1.0,
@@ -504,6 +536,9 @@ def _value_problems(cfg: Any) -> list[str]:
     need(b.threads > 0, "benchmark.threads", "must be > 0")
     need(b.warmup >= 0, "benchmark.warmup", "must be >= 0")
     need(b.runs > 0, "benchmark.runs", "must be > 0")
+    need(bool(b.official.models_dir), "benchmark.official.models_dir", "must name a folder")
+    need(all(bool(r) for r in b.official.voc_root), "benchmark.official.voc_root", "must hold no empty path")
+    need(all(bool(x) for x in b.official.extra_images), "benchmark.official.extra_images", "must hold no empty path")
     need(cfg.flops.input_size > 0, "flops.input_size", "must be > 0")
     return problems
 
@@ -513,6 +548,14 @@ def check_config(cfg: Any) -> None:
     problems = _value_problems(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def freeze_bn(train_cfg: Any, model_cfg: Any) -> bool:
+    """Whether training keeps batch norm in inference mode: `train.freeze_bn`, or when it is null,
+    `model.folded_batch_norm` (identity statistics from a folded source must not meet real batches
+    of 2 or 16 images: they would be replaced by the batch's, losing the imported accuracy)."""
+    value = train_cfg.freeze_bn
+    return bool(model_cfg.get("folded_batch_norm", False)) if value is None else bool(value)
 
 
 def check_train_config(cfg: Any, world_size: int) -> None:
@@ -528,7 +571,7 @@ def check_train_config(cfg: Any, world_size: int) -> None:
             "(the labels the dataset holds): leave model.num_classes unset, it follows the dataset"
         )
     per_process = t.batch_size // max(world_size, 1)
-    if per_process == 1 and OmegaConf.select(m, "head._target_") in IMAGE_POOLING_HEADS and not t.freeze_bn:
+    if per_process == 1 and OmegaConf.select(m, "head._target_") in IMAGE_POOLING_HEADS and not freeze_bn(t, m):
         problems.append(
             f"train.batch_size={t.batch_size} gives {'each process' if world_size > 1 else 'the model'} one image a "
             "step, but the head's image-pooling branch normalises over the batch (one value per channel): use "

@@ -261,11 +261,12 @@ def build_predictor(cfg: DictConfig) -> tuple[Callable[[np.ndarray], np.ndarray]
 
         predictor = load_exported(p.model, p.threads, p.max_size)
         meta = predictor.meta
-        size = meta["input"]["height"]
-        return predictor, (
-            f"model {p.model} ({meta['format']}{', int8' if meta.get('quantize') else ''}, "
-            f"{f'{size}x{size}' if size else 'dynamic size'})"
-        )
+        height, width = meta["input"]["height"], meta["input"].get("width") or meta["input"]["height"]
+        size = f"{height}x{width}" if height else "dynamic size"
+        if meta.get("official"):  # a TF Lite file with no metadata of ours (read from the file)
+            uint8 = ", uint8 input" if meta["normalization"]["included"] else ""
+            return predictor, f"model {p.model} (official TF Lite, {size}{uint8}, {meta['output']['kind']})"
+        return predictor, f"model {p.model} ({meta['format']}{', int8' if meta.get('quantize') else ''}, {size})"
     import torch
 
     from seg.engine.checkpoint import load_segmenter

@@ -3,6 +3,7 @@ cannot be downloaded here)."""
 
 import hashlib
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,45 @@ def test_tf_same_padding_values():
     assert tf_same_pad((513, 513), 3, 2, 1) == (1, 1, 1, 1)
     assert tf_same_pad((512, 384), 3, 2, 1) == (0, 1, 0, 1)
     assert tf_same_pad((10, 11), 5, 2, 1) == (2, 2, 1, 2)
+
+
+def _tar(path, members: dict) -> object:
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as archive:
+        for name, file in members.items():
+            archive.add(str(file), arcname=name)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["frozen_graph", "checkpoint"])
+def test_release_archive_converts_without_unpacking(releases, tmp_path, form):
+    from seg.models.official import convert_source
+
+    image, tf_logits, pb, prefix = releases[(0.5, 8, (513, 513))]
+    prefix = Path(prefix)
+    folder = "deeplabv3_mnv2_dm05_pascal_trainaug"
+    members = {f"{folder}/{p.name}": p for p in sorted(prefix.parent.glob(prefix.name + ".*"))}
+    if form == "frozen_graph":
+        members = {f"{folder}/frozen_inference_graph.pb": pb, **members}
+    archive = _tar(tmp_path / "release.tar.gz", members)
+    state = convert_source(archive)
+    # The architecture comes from the file: depth multiplier, classes and (from the graph) output stride.
+    model_cfg = OmegaConf.create(state["config"]).model
+    assert model_cfg.backbone.depth_multiplier == 0.5 and model_cfg.num_classes == 21
+    assert model_cfg.output_stride == (8 if form == "frozen_graph" else 16)  # a checkpoint records no strides
+    assert np.abs(run_converted(state, image, 8) - tf_logits).max() < 1e-4
+    p = state["provenance"]
+    assert p["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert p["archive_member"].startswith(folder) and p["format"].startswith("archive/")
+    assert not any(tmp_path.glob(f"{folder}*")), "nothing is unpacked beside the archive"
+
+
+def test_archive_without_a_model_names_what_it_holds(tmp_path):
+    from seg.models.official import convert_source
+
+    (tmp_path / "README").write_text("no model here")
+    archive = _tar(tmp_path / "other.tar.gz", {"release/README": tmp_path / "README"})
+    with pytest.raises(WeightsError, match=r"no frozen_inference_graph.pb .*it holds: release/README"):
+        convert_source(archive)

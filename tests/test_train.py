@@ -11,7 +11,9 @@ import pytest
 import torch
 from conftest import compose_config, tiny_train_args
 from data_samples import write_voc_tree
+from omegaconf import OmegaConf
 
+from seg.config import freeze_bn
 from seg.data import DatasetError
 from seg.engine import trainer
 from seg.engine.checkpoint import CheckpointError, load_checkpoint, load_segmenter
@@ -206,7 +208,7 @@ def test_the_published_recipe_is_what_voc_runs_get(overrides):
         4e-5,
         0.9,
     )
-    assert (t.scale_min, t.scale_max, t.scale_step, t.flip, t.freeze_bn) == (0.5, 2.0, 0.25, True, False)
+    assert (t.scale_min, t.scale_max, t.scale_step, t.flip, freeze_bn(t, cfg.model)) == (0.5, 2.0, 0.25, True, False)
     assert (t.aux_loss_weight, t.label_smoothing, t.class_weights) == (0.0, 0.0, None)
     assert cfg.model.output_stride == 16 and cfg.dataset.name.value == "voc_aug"
 
@@ -217,12 +219,21 @@ def test_the_default_run_uses_the_built_in_dataset_settings():
     assert cfg.train.crop_size <= cfg.dataset.synthetic.image_size and cfg.train.max_iters < 30000
 
 
-def test_init_from_warns_when_the_checkpoint_computed_differently(synth_root, tmp_path, caplog):
+def test_init_from_adopts_the_checkpoints_numerics_or_warns_when_the_user_set_others(
+    synth_root, tmp_path, caplog, monkeypatch
+):
     source = tmp_path / "source"
     train(compose_config(*tiny_train_args(synth_root, "train.max_iters=1", "model.normalization=deeplab")), source)
-    cfg = compose_config(
-        *tiny_train_args(synth_root, "train.max_iters=1", f"train.init_from={source / 'checkpoints' / 'last.pt'}")
-    )
+    args = tiny_train_args(synth_root, "train.max_iters=1", f"train.init_from={source / 'checkpoints' / 'last.pt'}")
+    with caplog.at_level(logging.INFO, logger="seg.engine.trainer"):
+        train(compose_config(*args), tmp_path / "adopted")
+    assert OmegaConf.load(tmp_path / "adopted" / ".hydra" / "config.yaml").model.normalization == "deeplab"
+    assert not any(r.levelno >= logging.WARNING and "init_from" in r.getMessage() for r in caplog.records)
+
+    # model.normalization given on the command line: kept, with a warning.
+    monkeypatch.setattr("seg.engine.trainer._command_line_keys", lambda: {"model.normalization"})
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="seg.engine.trainer"):
-        train(cfg, tmp_path / "run")
+        train(compose_config(*args), tmp_path / "run")
+    assert OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml").model.normalization == "imagenet"
     assert any("model.normalization=deeplab" in r.getMessage() for r in caplog.records)

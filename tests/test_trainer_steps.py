@@ -358,3 +358,53 @@ def test_finish_writes_metrics_json_evaluating_only_if_the_last_step_was_not(syn
     train_step(run, *next(data))
     assert finish(run)["iterations"] == 2 and evaluations == [2]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["iterations"] == 2
+
+
+def test_training_crops_are_padded_with_the_models_own_mean_pixel(synth_root, tmp_path, runs):
+    import albumentations as A
+
+    cfg = compose_config(*tiny_train_args(synth_root, "model.pixel_mean=[10,20,30]", "model.pixel_std=[2,2,2]"))
+    run = runs(cfg, tmp_path / "run")
+    transform = run.train_set.transform
+    pads = [t for t in transform.compose.transforms if isinstance(t, A.PadIfNeeded)]
+    assert len(pads) == 1 and tuple(pads[0].fill) == (10.0, 20.0, 30.0)
+    assert run.model.pixel_mean.flatten().tolist() == [10.0, 20.0, 30.0]
+
+
+def test_init_from_adopts_the_checkpoints_numerics_but_the_users_own(synth_root, tmp_path, runs):
+    from seg.config import freeze_bn
+    from seg.engine.checkpoint import save_checkpoint
+    from seg.engine.trainer import adopt_numerics
+    from seg.models.segmenter import build_segmenter
+
+    source = compose_config(
+        *tiny_train_args(synth_root),
+        "model.normalization=deeplab",
+        "model.pixel_mean=[128,128,128]",
+        "model.pixel_std=[128,128,128]",
+        "model.align_corners=true",
+        "model.backbone.tf_same_padding=true",
+        "model.backbone.bn_eps=0.001",
+        "model.folded_batch_norm=true",
+    )
+    path = tmp_path / "converted.pt"
+    weights = build_segmenter(source.model).state_dict()
+    save_checkpoint(path, {"model": weights, "config": OmegaConf.to_yaml(source, resolve=True)})
+    cfg = compose_config(*tiny_train_args(synth_root))
+    adopt_numerics(cfg, path, keep={"model.align_corners"})
+    m = cfg.model
+    assert m.normalization == "deeplab" and list(m.pixel_mean) == [128.0] * 3 and list(m.pixel_std) == [128.0] * 3
+    assert m.backbone.tf_same_padding and m.backbone.bn_eps == 0.001 and m.folded_batch_norm
+    assert m.align_corners is False  # set by the user: kept
+
+    # Through set_up and restore: the run's saved config has them, the weights load as they are,
+    # and the folded batch norms are frozen (train.freeze_bn=null) unless the user says otherwise.
+    run_dir = tmp_path / "run"
+    run = runs(compose_config(*tiny_train_args(synth_root, f"train.init_from={path}")), run_dir)
+    restore(run)
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert saved.model.folded_batch_norm and saved.model.pixel_mean == [128.0] * 3
+    assert run.model.pixel_mean.flatten().tolist() == [128.0] * 3
+    assert all(torch.equal(v, weights[k]) for k, v in run.model.state_dict().items())
+    assert freeze_bn(run.cfg.train, run.cfg.model)
+    assert not freeze_bn(OmegaConf.merge(run.cfg.train, {"freeze_bn": False}), run.cfg.model)

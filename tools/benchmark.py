@@ -1,4 +1,4 @@
-"""Benchmarks; the first word names the task (data, train, eval, latency, tradeoff: seg/bench/).
+"""Benchmarks; the first word names the task (data, train, eval, latency, tradeoff, official: seg/bench/).
 
     python tools/benchmark.py data                      # training loader images/s for 0, 1, 2 workers
     python tools/benchmark.py data benchmark.workers=[0,4] train.crop_size=321 dataset=voc_aug
@@ -8,6 +8,7 @@
     python tools/benchmark.py tradeoff                  # encoders: latency vs multiply-adds, plot + table
     python tools/benchmark.py latency                   # our models and peers: eager / fast / ONNX Runtime fp32, int8
     python tools/benchmark.py latency benchmark.latency.checkpoints=[outputs/.../checkpoints/best.pt]
+    python tools/benchmark.py official                  # official DeepLab .tflite vs our conversion, PyTorch + ONNX
 
 Prints a markdown table and, last, one JSON line, also written to `benchmark.output` (default:
 <run dir>/benchmark_<task>.json).

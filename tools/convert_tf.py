@@ -1,13 +1,15 @@
-"""Convert an official TensorFlow DeepLab MobileNetV2 release into a checkpoint of this project.
+"""Convert an official DeepLab MobileNetV2 release into a checkpoint of this project.
 
-    python tools/convert_tf.py source=deeplabv3_mnv2_pascal_trainaug/frozen_inference_graph.pb \
-        output=mnv2_trainaug.pt experiment=mobilenetv2_coco_voc_trainaug
-    python tools/convert_tf.py source=deeplabv3_mnv2_pascal_trainaug/model.ckpt-30000 \
-        output=mnv2_trainaug.pt experiment=mobilenetv2_coco_voc_trainaug   # needs pip install ".[tf]"
+    python tools/convert_tf.py source=deeplabv3_257_mv_gpu.tflite output=deeplab_mv_gpu.pt
+    python tools/convert_tf.py source=deeplabv3_mnv2_dm05_pascal_quant.tflite      # Coral, dequantised
+    python tools/convert_tf.py source=deeplabv3_mnv2_pascal_train_aug_2018_01_29.tar.gz   # model-zoo archive
+    python tools/convert_tf.py source=deeplabv3_mnv2_pascal_train_aug/frozen_inference_graph.pb
+    python tools/convert_tf.py source=deeplabv3_mnv2_pascal_train_aug/model.ckpt-30000   # needs pip install ".[tf]"
 
-The checkpoint holds the weights, the config (with TF DeepLab's numerics: "SAME" padding, its
-batch-norm epsilon, align_corners=True resizing, x/127.5 - 1 inputs) and the source's SHA-256 and
-tensor mapping, so tools/eval.py, export.py and predict.py take it like any other.
+The architecture is read from the file (depth multiplier, classes, output stride, input size and
+normalisation, align_corners). The checkpoint holds the weights, that config with TF DeepLab's
+numerics, and the source's SHA-256 and tensor mapping, so tools/eval.py, export.py, predict.py and
+`train.init_from` take it like any other. `python -m seg.pretrained` lists the official releases.
 """
 
 from __future__ import annotations
@@ -23,31 +25,42 @@ from seg.config import check_config, register_configs
 from seg.engine.checkpoint import save_checkpoint
 from seg.errors import ConfigError
 from seg.files import refuse_overwrite, require_writable
-from seg.models.tf_weights import convert_deeplab
+from seg.models.official import ARCHIVE_SUFFIXES, convert_source
 
 register_configs()
 log = logging.getLogger("convert_tf")
+
+
+def default_output(source: Path) -> Path:
+    """<source name>.pt beside the source (`model.pt` for a checkpoint prefix or a frozen graph)."""
+    name = source.name
+    for suffix in (*ARCHIVE_SUFFIXES, ".tflite"):
+        if name.lower().endswith(suffix):
+            return source.with_name(name[: -len(suffix)] + ".pt")
+    return source.parent / "model.pt"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     check_config(cfg)
-    if not cfg.convert.source:
-        raise ConfigError("source=PATH is required: a frozen_inference_graph.pb or a model.ckpt-NNNN prefix")
-    source = Path(cfg.convert.source)
-    output = Path(cfg.convert.output) if cfg.convert.output else source.parent / "model.pt"
-    refuse_overwrite(output, "convert.output", cfg.convert.overwrite)
+    c = cfg.convert
+    if not c.source:
+        raise ConfigError(
+            "source=PATH is required: a .tflite file, a release archive (.tar.gz), a frozen_inference_graph.pb "
+            "or a model.ckpt-NNNN prefix"
+        )
+    if c.output_stride is not None and c.output_stride not in (8, 16, 32):
+        raise ConfigError(f"convert.output_stride={c.output_stride} must be 8, 16 or 32 (or null)")
+    source = Path(c.source)
+    output = Path(c.output) if c.output else default_output(source)
+    refuse_overwrite(output, "convert.output", c.overwrite)
     require_writable(output, "convert.output")
-    state = convert_deeplab(source, cfg)
+    state = convert_source(source, c.output_stride)
     output.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(output, state)
-    log.info(
-        "converted %d tensors from %s (sha256 %s)",
-        len(state["provenance"]["mapping"]),
-        source,
-        state["provenance"]["sha256"][:16],
-    )
+    p = state["provenance"]
+    log.info("converted %d layers from %s (%s, sha256 %s)", len(p["mapping"]), source, p["format"], p["sha256"][:16])
     print(f"wrote {output}")
 
 

@@ -8,6 +8,8 @@ prints a markdown table and returns a JSON-able dict. timing.py holds what they 
 - latency (latency.py): batch-1 CPU latency of our models and peers, eager / fast path / ONNX
   Runtime fp32 and int8, against the CPU's peak (`benchmark.latency`).
 - tradeoff (tradeoff.py): the encoders' latency against their multiply-adds (`benchmark.tradeoff`).
+- official (official.py): the official DeepLab TF Lite files on LiteRT against our conversion on
+  PyTorch and its ONNX export: pixel accuracy, mIoU, agreement on real VOC images (`benchmark.official`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Callable
 from seg.bench.data import benchmark_data
 from seg.bench.eval import benchmark_eval
 from seg.bench.latency import benchmark_latency
+from seg.bench.official import benchmark_official
 from seg.bench.tradeoff import benchmark_tradeoff
 from seg.bench.train import benchmark_train
 from seg.errors import ConfigError
@@ -27,6 +30,7 @@ TASKS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "eval": benchmark_eval,
     "latency": benchmark_latency,
     "tradeoff": benchmark_tradeoff,
+    "official": benchmark_official,
 }
 
 

@@ -87,3 +87,18 @@ def ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
+
+
+def output_dir(configured: Optional[str], key: str) -> Path:
+    """Where a task writes its files: `configured`, else the run directory of tools/benchmark.py."""
+    if configured is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from seg.errors import ConfigError
+
+        if not HydraConfig.initialized():
+            raise ConfigError(f"{key} is needed outside tools/benchmark.py")
+        configured = HydraConfig.get().runtime.output_dir
+    out = Path(configured)
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from seg.bench.timing import eager_call, ort_fp32_session, ort_version, time_in_turns
+from seg.bench.timing import eager_call, ort_fp32_session, ort_version, output_dir, time_in_turns
 from seg.config import BackboneConfig
 from seg.errors import ConfigError
 from seg.flops import count_multiply_adds, count_parameters
@@ -170,13 +169,7 @@ def benchmark_tradeoff(cfg) -> dict[str, Any]:
     unknown = set(t.modes) - set(TRADEOFF_MODES)
     if unknown or not t.modes:
         raise ConfigError(f"benchmark.tradeoff.modes must be some of {', '.join(TRADEOFF_MODES)}, got {list(t.modes)}")
-    out_dir = t.output_dir
-    if out_dir is None:
-        if not HydraConfig.initialized():
-            raise ConfigError("benchmark.tradeoff.output_dir is needed outside tools/benchmark.py")
-        out_dir = HydraConfig.get().runtime.output_dir
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(t.output_dir, "benchmark.tradeoff.output_dir")
     torch.set_num_threads(b.threads)
     entries = _tradeoff_entries(t)
     with tempfile.TemporaryDirectory() as tmp:

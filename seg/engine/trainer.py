@@ -40,7 +40,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from seg.config import check_train_config
+from seg.config import check_train_config, freeze_bn
 from seg.data import build_dataset
 from seg.data.transforms import build_eval_transform, build_train_transform
 from seg.engine.checkpoint import (
@@ -59,7 +59,7 @@ from seg.engine.sampling import SeededSamples, SeededTransform, TrainBatchSample
 from seg.engine.schedule import build_scheduler
 from seg.errors import SegError
 from seg.files import FileClashError, RunLock, remove_stale_temporaries, write_text_atomically
-from seg.models.segmenter import Segmenter, TrainNet, build_segmenter
+from seg.models.segmenter import Segmenter, TrainNet, build_segmenter, input_normalization, model_name
 from seg.viz import image_grid
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,10 @@ def _amp_dtype(train_cfg: DictConfig) -> torch.dtype:
 def _checkpoint_path(value: Optional[str], key: str) -> Optional[Path]:
     if value is None:
         return None
+    if key == "train.init_from" and value.startswith("pretrained:"):
+        from seg.pretrained import resolve_init_from
+
+        value = resolve_init_from(value)  # downloaded and converted once, then from the cache
     path = Path(value).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{key}: checkpoint not found: {path}")
@@ -253,9 +257,9 @@ def _param_groups(net: TrainNet, train_cfg: DictConfig) -> list[dict]:
     return out
 
 
-def _train_mode(net: nn.Module, freeze_bn: bool) -> None:
+def _train_mode(net: nn.Module, frozen_bn: bool) -> None:
     net.train()
-    if freeze_bn:
+    if frozen_bn:
         for m in net.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
@@ -269,7 +273,7 @@ def build_training(
     t = train_cfg
     model = build_segmenter(model_cfg)
     net = TrainNet.build(model, t.aux_loss_weight, int(model_cfg.num_classes))
-    if t.sync_bn and world_size > 1 and not t.freeze_bn and device.type != "cpu":
+    if t.sync_bn and world_size > 1 and not freeze_bn(t, model_cfg) and device.type != "cpu":
         net = convert_sync_batchnorm(net)
         model = net.model
     cuda = device.type == "cuda"
@@ -338,6 +342,8 @@ def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
     init_path = None if resume_path else _checkpoint_path(t.init_from, "train.init_from")
     lock = _claim_run_dir(run_dir, resuming=resume_path is not None) if main else None
     try:
+        if init_path is not None:
+            adopt_numerics(cfg, init_path, _command_line_keys())
         if main:
             _save_config(cfg, run_dir)
             log.info(
@@ -349,7 +355,14 @@ def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
             )
         transform = SeededTransform(
             build_train_transform(
-                t.crop_size, t.scale_min, t.scale_max, t.scale_step, t.flip, cfg.dataset.ignore_index, jitter=t.jitter
+                t.crop_size,
+                t.scale_min,
+                t.scale_max,
+                t.scale_step,
+                t.flip,
+                cfg.dataset.ignore_index,
+                jitter=t.jitter,
+                pad_value=input_normalization(cfg.model)[0],  # the model's own mean pixel: zero after normalising
             )
         )
         train_set = build_dataset(cfg.dataset, "train", transform)
@@ -362,7 +375,7 @@ def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
                 len(val_set),
                 int(cfg.model.num_classes),
             )
-        if t.sync_bn and world_size > 1 and not t.freeze_bn and device.type == "cpu" and main:
+        if t.sync_bn and world_size > 1 and not freeze_bn(t, cfg.model) and device.type == "cpu" and main:
             log.warning("train.sync_bn: not available on CPU; each process normalises its own share of the batch")
 
         # The same initial weights on every rank (seeded); per-rank seeds (dropout) come later.
@@ -388,7 +401,15 @@ def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
 # ---------------------------------------------------------------------------------------------
 
 # Model settings that change what the weights compute without changing their shapes.
-_NUMERICS = ("normalization", "align_corners", "backbone.tf_same_padding", "backbone.bn_eps")
+_NUMERICS = (
+    "normalization",
+    "pixel_mean",
+    "pixel_std",
+    "align_corners",
+    "backbone.tf_same_padding",
+    "backbone.bn_eps",
+    "folded_batch_norm",
+)
 # Model settings that only say where the first weights came from.
 _START_ONLY = ("backbone.pretrained", "backbone.weights")
 
@@ -420,13 +441,50 @@ def _model_differences(stored: DictConfig, current: DictConfig) -> list[str]:
     ]
 
 
+def _command_line_keys() -> set[str]:
+    """The keys set on the command line (under Hydra; none through the Python API)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return set()
+    return {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+
+
+def adopt_numerics(cfg: DictConfig, path: Path, keep: set[str]) -> None:
+    """`train.init_from`: the model takes the checkpoint's numerics (normalisation, align_corners,
+    TF padding, batch-norm epsilon, folded batch norm), but for the keys in `keep` (those the user
+    set): weights computed with other numerics would start from a worse model than they are."""
+    state = load_checkpoint(path)
+    if not isinstance(state.get("config"), str):
+        return
+    stored = stored_config(state, path).model
+    adopted = []
+    for key in _NUMERICS:
+        if f"model.{key}" in keep:
+            continue
+        value, current = _plain(stored, key), _plain(cfg.model, key)
+        if value != current:
+            OmegaConf.update(cfg.model, key, value, merge=False)
+            adopted.append(f"model.{key}={value}")
+    if adopted:
+        log.info("train.init_from: %s: the model takes its numerics: %s", path, " ".join(adopted))
+
+
 def _load_init(model: nn.Module, path: Path, model_cfg: DictConfig) -> None:
     """Fine-tuning start: model weights from a checkpoint; classifiers of another class count are
     dropped (re-initialised)."""
     state = load_checkpoint(path)
     weights = state["model"] if isinstance(state.get("model"), dict) else state
+    hint = ""
     if isinstance(state.get("config"), str):
         stored = stored_config(state, path).model
+        if model_name(stored) != model_name(model_cfg):
+            hint = (
+                f" (it holds a {model_name(stored)} at output stride {stored.output_stride}; this run builds a "
+                f"{model_name(model_cfg)})"
+            )
         differ = [k for k in _NUMERICS if _plain(stored, k) is not None and _plain(stored, k) != _plain(model_cfg, k)]
         if differ:
             # e.g. a converted TF DeepLab checkpoint (x/127.5 - 1, SAME padding) into a default model
@@ -445,13 +503,16 @@ def _load_init(model: nn.Module, path: Path, model_cfg: DictConfig) -> None:
         raise CheckpointError(
             f"train.init_from: {path} does not fit the model: shape mismatch for {', '.join(mismatched[:5])}"
             + (f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else "")
+            + hint
         )
     # The normalisation stays this run's (model.normalization); a different one was warned about above.
     kept = {k: v for k, v in weights.items() if k not in dropped and k not in ("pixel_mean", "pixel_std")}
     missing, unexpected = model.load_state_dict(kept, strict=False)
     if set(missing) - set(dropped) or unexpected:
         bad = sorted(set(missing) - set(dropped))[:5] + sorted(unexpected)[:5]
-        raise CheckpointError(f"train.init_from: {path} does not fit the model: missing or unexpected {', '.join(bad)}")
+        raise CheckpointError(
+            f"train.init_from: {path} does not fit the model: missing or unexpected {', '.join(bad)}{hint}"
+        )
     if dropped:
         log.info(
             "train.init_from: %s has %d classes, this model %d: re-initialised %s",
@@ -661,7 +722,7 @@ def evaluate_and_log(run: Run) -> bool:
             grid = _prediction_grid(run.model, run.val_set, t.vis_images, run.device)
             run.writer.add_image("val/input_gt_prediction", grid, it, dataformats="HWC")
         log.info("iteration %d: val mIoU %.4f, pixel accuracy %.4f", it, metrics["miou"], metrics["pixel_accuracy"])
-    _train_mode(run.net, t.freeze_bn)  # evaluation leaves every module in training mode
+    _train_mode(run.net, freeze_bn(run.cfg.train, run.cfg.model))  # evaluation leaves every module in training mode
     run.last_metrics, run.last_eval_iteration = metrics, it
     if metrics["miou"] > run.best_miou:
         run.best_miou, run.best_iteration = metrics["miou"], it
@@ -778,7 +839,9 @@ def stop_on_signals(run: Run) -> Iterator[None]:
         for s, handler in previous.items():  # a second signal: stop now
             signal.signal(s, handler)
         if run.main:
-            log.warning("%s: stopping after this step (again to stop at once)", signal.Signals(signum).name)
+            # Not through logging: the signal may arrive while the main thread is inside a logging
+            # call, and re-entering the stream's buffered writer raises. A raw write is safe here.
+            os.write(2, f"{signal.Signals(signum).name}: stopping after this step (again to stop at once)\n".encode())
 
     for s in previous:
         signal.signal(s, ask_to_stop)
@@ -825,7 +888,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
 def _loop(run: Run) -> None:
     t = run.cfg.train
-    _train_mode(run.net, t.freeze_bn)
+    _train_mode(run.net, freeze_bn(run.cfg.train, run.cfg.model))
     run.started = time.perf_counter()
     window_start, window_images, window_loss, window_count = time.perf_counter(), 0, 0.0, 0
     data = batches(run)

@@ -116,7 +116,7 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
     _check_destination(path, checkpoint, bool(e.overwrite))
     model, stored = load_segmenter(checkpoint)
     dataset_cfg = cfg.dataset if keep_dataset else stored.dataset
-    normalization = _value(stored.model.normalization)
+    normalization = "custom" if stored.model.get("pixel_mean") is not None else _value(stored.model.normalization)
 
     metadata = build_metadata(
         fmt=fmt,

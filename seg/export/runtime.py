@@ -1,5 +1,6 @@
 """Running a model on one image, whatever it is: a checkpoint's PyTorch model (fast path) or an
-exported file (ONNX, TorchScript, TFLite). Shared by predict and by the export checks.
+exported file (ONNX, TorchScript, TFLite, or a TF Lite file with no metadata of ours such as the
+official DeepLab files, read from the file itself). Shared by predict and by the export checks.
 
 A static-size model sees the image letterboxed: scaled down so its longer side fits (never
 up), padded bottom/right with the mean colour (DeepLab's evaluation pads the same way); the
@@ -14,6 +15,7 @@ loading it: a training checkpoint where an exported model belongs is refused in 
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 from pathlib import Path
@@ -28,6 +30,7 @@ from torch import nn
 from seg.export.common import ExportError, read_metadata
 
 Runner = Callable[[np.ndarray], np.ndarray]
+log = logging.getLogger(__name__)
 
 # Elements of one strip of full-size logits (64 MB of float32).
 _STRIP_ELEMENTS = 1 << 24
@@ -47,12 +50,19 @@ def fit_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def letterbox(image: np.ndarray, size: int, pad_value: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, int]]:
-    """The image scaled to fit `size` x `size` and padded bottom/right; returns it and the size of
-    the image part."""
-    h, w = fit_size(*image.shape[:2], size)
+def letterbox(
+    image: np.ndarray, size: int | tuple[int, int], pad_value: tuple[int, int, int]
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image scaled to fit `size` x `size` (or `size` = (height, width)) and padded
+    bottom/right; returns it and the size of the image part."""
+    box_h, box_w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    if box_h == box_w:
+        h, w = fit_size(*image.shape[:2], box_h)
+    else:
+        scale = min(1.0, box_h / image.shape[0], box_w / image.shape[1])
+        h, w = min(box_h, max(1, round(image.shape[0] * scale))), min(box_w, max(1, round(image.shape[1] * scale)))
     scaled = resize_image(image, h, w)
-    canvas = np.empty((size, size, 3), dtype=np.uint8)
+    canvas = np.empty((box_h, box_w, 3), dtype=np.uint8)
     canvas[:] = pad_value
     canvas[:h, :w] = scaled
     return canvas, (h, w)
@@ -194,30 +204,38 @@ def _segmenter_parts(model: nn.Module) -> Optional[tuple[Callable[[torch.Tensor]
 
 class ExportedPredictor:
     """Image -> labels with an exported model, following its metadata (input layout, whether the
-    normalisation is inside, static size or not, logits or labels out)."""
+    normalisation is inside, static size or not, logits or labels out, their layout).
+
+    Inputs: normalised float NCHW (our exports), normalised float NHWC (TF Lite's float DeepLab), or
+    raw RGB uint8 NHWC when the normalisation is inside (our exports with it, quantized TF Lite files).
+    Outputs: logits NCHW (ours) or NHWC (TF Lite's), or class ids [N, H, W] of any integer type."""
 
     def __init__(self, runner: Runner, metadata: dict[str, Any], max_size: int = 2048) -> None:
         self.runner = runner
         self.meta = metadata
         self.max_size = max_size
+        self.nhwc_in = metadata["input"].get("layout") == "NHWC"
+        self.nhwc_out = metadata["output"].get("layout") == "NHWC"
         # The model's own normalisation, as its metadata records it (0..255 units).
         norm = metadata["normalization"]
-        self.mean = np.asarray(norm["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(norm["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+        shape = (1, 1, 1, 3) if self.nhwc_in else (1, 3, 1, 1)
+        self.mean = np.asarray(norm["mean"], dtype=np.float32).reshape(shape)
+        self.std = np.asarray(norm["std"], dtype=np.float32).reshape(shape)
         self.pad_value = tuple(int(round(v)) for v in norm["mean"])
 
     def model_input(self, image: np.ndarray) -> np.ndarray:
         """An HxWx3 uint8 image as the model's input array (batch of one)."""
         if self.meta["normalization"]["included"]:
-            return np.ascontiguousarray(image[None])
-        x = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32)
-        return (x - self.mean) / self.std
+            return np.ascontiguousarray(image[None])  # the raw bytes, NHWC
+        x = image[None] if self.nhwc_in else image.transpose(2, 0, 1)[None]
+        return (np.ascontiguousarray(x, dtype=np.float32) - self.mean) / self.std
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """The model's input for `image` and the (h, w) of the part of the output that is the image."""
-        size = self.meta["input"]["height"]
-        if size:
-            canvas, valid = letterbox(image, int(size), self.pad_value)
+        height = self.meta["input"]["height"]
+        if height:
+            width = self.meta["input"].get("width") or height
+            canvas, valid = letterbox(image, (int(height), int(width)), self.pad_value)
             return self.model_input(canvas), valid
         scaled = resize_image(image, *fit_size(*image.shape[:2], self.max_size))
         return self.model_input(scaled), scaled.shape[:2]
@@ -228,7 +246,8 @@ class ExportedPredictor:
         out = self.runner(x)[0]
         if self.meta["output"]["kind"] == "labels":
             return resize_labels(np.ascontiguousarray(out[:h, :w]).astype(np.uint8), height, width)
-        return upsample_argmax(torch.from_numpy(np.ascontiguousarray(out[:, :h, :w])), height, width)
+        part = out[:h, :w].transpose(2, 0, 1) if self.nhwc_out else out[:, :h, :w]
+        return upsample_argmax(torch.from_numpy(np.ascontiguousarray(part)), height, width)
 
 
 # The start of a torch.save file in the legacy (pre-zip) format: pickle protocol 2, then torch's
@@ -301,9 +320,16 @@ def load_runner(path: str | os.PathLike, threads: Optional[int] = None) -> Runne
 
 
 def load_exported(path: str | os.PathLike, threads: Optional[int] = None, max_size: int = 2048) -> ExportedPredictor:
-    """An ExportedPredictor for a file written by tools/export.py (its metadata tells how to feed it)."""
+    """An ExportedPredictor for a file written by tools/export.py (its metadata tells how to feed it),
+    or for an official TF Lite segmentation file (no metadata of ours: read from the file itself,
+    `official_tflite_metadata`)."""
     runner = load_runner(path, threads)
     metadata = read_metadata(path)
+    if metadata is None and Path(path).suffix == ".tflite":
+        from seg.export.tflite import official_tflite_metadata
+
+        metadata = official_tflite_metadata(path, runner.interpreter)
+        log.info("%s: no metadata of ours; read as an official TF Lite model", path)
     if metadata is None:
         raise ExportError(
             f"{path}: no metadata (expected {path}.json beside it, or ONNX metadata); export it with tools/export.py"

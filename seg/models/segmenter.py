@@ -153,6 +153,17 @@ def model_name(model_cfg: Any) -> str:
     return f"{backbone} x{float(OmegaConf.select(model_cfg, 'backbone.depth_multiplier')):g} + {head}"
 
 
+def input_normalization(model_cfg: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The model's per-channel (mean, std) in 0..255 units: `model.pixel_mean` / `model.pixel_std`
+    when set, else those of the `model.normalization` preset."""
+    mean, std = pixel_mean_std(OmegaConf.select(model_cfg, "normalization"))
+    given_mean, given_std = OmegaConf.select(model_cfg, "pixel_mean"), OmegaConf.select(model_cfg, "pixel_std")
+    return (
+        tuple(float(v) for v in given_mean) if given_mean is not None else mean,
+        tuple(float(v) for v in given_std) if given_std is not None else std,
+    )
+
+
 def build_segmenter(model_cfg: DictConfig) -> Segmenter:
     """Build the segmenter a `model` config describes: backbone and head by their `_target_`, which
     must name one of this package's builders (BACKBONE_BUILDERS, HEAD_BUILDERS)."""
@@ -167,7 +178,7 @@ def build_segmenter(model_cfg: DictConfig) -> Segmenter:
         align_corners=model_cfg.align_corners,
         **head_kwargs,
     )
-    mean, std = pixel_mean_std(model_cfg.normalization)
+    mean, std = input_normalization(model_cfg)
     return Segmenter(
         backbone, head, model_cfg.output_stride, model_cfg.align_corners, mean, std, name=model_name(model_cfg)
     )
