@@ -18,7 +18,23 @@ from seg.data.classes import VOC_CLASSES
 from seg.errors import ConfigError
 
 
-class ChannelRounding(str, Enum):
+class Choice(str, Enum):
+    """A config key's fixed set of values. A member is its value wherever it goes: equal to and
+    hashed as that string, printed, formatted and repr'd as it, JSON-encoded as it, so the code past
+    the config reads `cfg.model.normalization == "deeplab"` and never unwraps `.value` (configs read
+    back from checkpoints hold the plain strings)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class ChannelRounding(Choice):
     # DeepLab's MobileNetV2 feature extractor: block widths rounded to multiples of 8 at depth
     # multiplier 1.0 and not rounded otherwise; expansion widths always rounded to multiples of 8.
     deeplab = "deeplab"
@@ -27,7 +43,7 @@ class ChannelRounding(str, Enum):
     torchvision = "torchvision"
 
 
-class Normalization(str, Enum):
+class Normalization(Choice):
     imagenet = "imagenet"  # (x/255 - mean) / std with ImageNet statistics (torchvision weights)
     deeplab = "deeplab"  # x/127.5 - 1 (TensorFlow DeepLab checkpoints)
 
@@ -146,7 +162,7 @@ class CocoConfig:
     min_pixels: Optional[int] = 1000
 
 
-class DatasetName(str, Enum):
+class DatasetName(Choice):
     synthetic = "synthetic"
     voc = "voc"
     voc_aug = "voc_aug"
@@ -183,7 +199,7 @@ class DatasetConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-class AmpDtype(str, Enum):
+class AmpDtype(Choice):
     bfloat16 = "bfloat16"
     float16 = "float16"  # with a gradient scaler
 
@@ -350,18 +366,18 @@ class BenchmarkConfig:
     official: OfficialBenchConfig = field(default_factory=OfficialBenchConfig)
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(Choice):
     onnx = "onnx"
     torchscript = "torchscript"
     tflite = "tflite"  # needs the optional litert-torch package: pip install ".[tflite]"
 
 
-class ExportOutput(str, Enum):
+class ExportOutput(Choice):
     logits = "logits"  # float [N, C, H, W]
     labels = "labels"  # class indices [N, H, W] (uint8): the argmax runs inside the graph
 
 
-class Quantize(str, Enum):
+class Quantize(Choice):
     int8 = "int8"
 
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from conftest import REPO
@@ -62,3 +62,12 @@ def mounted_tmpfs(mount: Path, options: str, what: str) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def exit_status(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """What an argparse tool's `main(argv)` exits with: its return value, or the code of the
+    SystemExit that `seg.cli.one_line_errors` raises after printing `error: ...`."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import exit_status
 from data_samples import block_mask, random_image, write_voc
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -296,7 +297,7 @@ def test_file_names_with_spaces_round_trip(tmp_path, caplog):
     anns = [_person([_box(0, 0, 12, 12)], area=144), {**_person([_box(0, 0, 9, 9)], area=81), "image_id": 2}]
     _write_coco(tmp_path, anns, images, split="train2017")
     tool = _tool("prepare_coco")
-    assert tool.main(["--coco-root", str(tmp_path), "--splits", "train2017", "--workers", "1"]) == 0
+    assert exit_status(tool.main, ["--coco-root", str(tmp_path), "--splits", "train2017", "--workers", "1"]) == 0
     listing = tmp_path / PREPARED_DIR / "train2017.txt"
     assert read_listing(listing) == [("my photo 1", 144.0), ("000000000002", 81.0)]
     ds = build_dataset(_coco_cfg(tmp_path, coco=CocoConfig(min_pixels=100)), "train")
@@ -317,12 +318,12 @@ def test_file_names_with_spaces_round_trip(tmp_path, caplog):
 def test_prepare_coco_reports_bad_annotation(tmp_path, capsys):
     path = _write_coco(tmp_path, [_person([[1, 2, 3, 4]], id=11)])
     tool = _tool("prepare_coco")
-    assert tool.main(["--coco-root", str(tmp_path), "--splits", "val2017", "--workers", "2"]) == 1
+    assert exit_status(tool.main, ["--coco-root", str(tmp_path), "--splits", "val2017", "--workers", "2"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "annotation 11 of image 1" in err[0]
     assert str(path) in err[0] and not (tmp_path / PREPARED_DIR / "val2017.txt").exists()
     # --skip-bad: the image is left out of the list.
-    assert tool.main(["--coco-root", str(tmp_path), "--splits", "val2017", "--skip-bad"]) == 0
+    assert exit_status(tool.main, ["--coco-root", str(tmp_path), "--splits", "val2017", "--skip-bad"]) == 0
     assert read_listing(tmp_path / PREPARED_DIR / "val2017.txt") == []
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import exit_status
 from data_samples import random_image
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -117,8 +118,8 @@ def test_prepare_coco_matches_on_the_fly(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("prepare_coco", REPO / "tools" / "prepare_coco.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    assert tool.main(["--coco-root", str(tmp_path), "--workers", "2"]) == 0
-    assert tool.main(["--coco-root", str(tmp_path), "--splits", "val2017", "--workers", "1"]) == 0
+    assert exit_status(tool.main, ["--coco-root", str(tmp_path), "--workers", "2"]) == 0
+    assert exit_status(tool.main, ["--coco-root", str(tmp_path), "--splits", "val2017", "--workers", "1"]) == 0
     assert "rendering 0" in capsys.readouterr().out  # resumed
     for split, on_the_fly in fly.items():
         prepared = build_dataset(_cfg(tmp_path), split)

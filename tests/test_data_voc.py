@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from cli_helpers import exit_status
 from data_samples import block_mask, random_image, write_voc
 from PIL import Image
 
@@ -177,9 +178,9 @@ def test_prepare_voc_builds_train_aug(tmp_path, capsys):
 
     tool = _tool("prepare_voc")
     args = ["--voc-root", str(tmp_path / "voc"), "--sbd-root", str(tmp_path / "sbd"), "--workers", "2"]
-    assert tool.main(args) == 1  # not the official 1,464 / 1,449 / 10,582
+    assert exit_status(tool.main, args) == 1  # not the official 1,464 / 1,449 / 10,582
     assert "MISMATCH" in capsys.readouterr().out
-    assert tool.main(args + ["--skip-count-check"]) == 0
+    assert exit_status(tool.main, args + ["--skip-count-check"]) == 0
     assert "converting 0" in capsys.readouterr().out  # resumed: everything was converted already
     assert sorted(p.stem for p in (voc / "SegmentationClassAug").glob("*.png")) == ["d", "e"]
 
@@ -194,7 +195,7 @@ def test_prepare_voc_builds_train_aug(tmp_path, capsys):
 def test_prepare_voc_reports_missing_sbd(tmp_path, capsys):
     write_voc(tmp_path / "voc", {"train": ["a"], "val": ["c"]})
     tool = _tool("prepare_voc")
-    assert tool.main(["--voc-root", str(tmp_path / "voc"), "--sbd-root", str(tmp_path / "none")]) == 1
+    assert exit_status(tool.main, ["--voc-root", str(tmp_path / "voc"), "--sbd-root", str(tmp_path / "none")]) == 1
     assert str(tmp_path / "none") in capsys.readouterr().err
 
 

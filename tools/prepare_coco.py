@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from seg.cli import environment_error
+from seg.cli import environment_error, one_line_errors
 from seg.data.base import DatasetError, require_path
 from seg.data.coco import (
     PREPARED_DIR,
@@ -61,6 +61,7 @@ def prepare_split(root: Path, split: str, workers: int, skip_bad: bool = False) 
     return len(images)
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--coco-root", required=True, type=Path, help="folder holding annotations/, train2017/, val2017/")
@@ -78,13 +79,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         require_path(args.coco_root, "COCO root")
         for split in args.splits:
             prepare_split(args.coco_root, split, args.workers, args.skip_bad)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # writing masks or the list: full disk, permissions, ...
-        where = e.filename if e.filename is not None else args.coco_root
-        print(f"error: {environment_error(e) or f'{where}: {e.strerror or e}'}", file=sys.stderr)
-        return 1
+    except OSError as e:  # writing masks or the list: full disk and permissions are said by one_line_errors
+        if environment_error(e) is None:
+            raise DatasetError(f"{e.filename if e.filename is not None else args.coco_root}: {e.strerror or e}") from e
+        raise
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from tqdm import tqdm
 
-from seg.cli import environment_error
+from seg.cli import environment_error, one_line_errors
 from seg.data.base import DatasetError, read_split_file
 from seg.data.voc import (
     EXPECTED_COUNTS,
@@ -76,6 +76,7 @@ def prepare(voc_root: Path, sbd_root: Path, workers: int) -> dict[str, int]:
     return {"train": len(train), "val": len(val), "train_aug": len(ids)}
 
 
+@one_line_errors
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--voc-root", required=True, type=Path, help="folder holding VOCdevkit/ (or VOC2012 itself)")
@@ -85,25 +86,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     try:
         counts = prepare(args.voc_root, args.sbd_root, args.workers)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # writing masks or the list: full disk, permissions, ...
-        where = e.filename if e.filename is not None else args.voc_root
-        print(f"error: {environment_error(e) or f'{where}: {e.strerror or e}'}", file=sys.stderr)
-        return 1
+    except OSError as e:  # writing masks or the list: full disk and permissions are said by one_line_errors
+        if environment_error(e) is None:
+            raise DatasetError(f"{e.filename if e.filename is not None else args.voc_root}: {e.strerror or e}") from e
+        raise
     ok = True
     for split, expected in EXPECTED_COUNTS.items():
         good = counts[split] == expected
         ok &= good
         print(f"{split:>10}: {counts[split]:>6} images (expected {expected}){'' if good else '  <-- MISMATCH'}")
     if not ok and not args.skip_count_check:
-        print(
-            "error: split sizes differ from VOC 2012 + SBD's; is a download incomplete? "
-            "(--skip-count-check accepts them)",
-            file=sys.stderr,
+        raise DatasetError(
+            "split sizes differ from VOC 2012 + SBD's; is a download incomplete? (--skip-count-check accepts them)"
         )
-        return 1
     return 0
 
 

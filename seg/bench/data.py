@@ -46,7 +46,7 @@ def benchmark_data(cfg) -> dict[str, Any]:
         loader = train_loader(dataset, batch, int(t.seed), int(workers), pin_memory)
         rate = _loader_rate(loader, batch, cfg.benchmark.warmup, cfg.benchmark.runs)
         rows.append({"workers": int(workers), "images_per_s": round(rate, 1)})
-    name = getattr(cfg.dataset.name, "value", cfg.dataset.name)
+    name = cfg.dataset.name
     print(
         f"\nloader throughput: dataset={name} ({len(dataset)} train images), crop {t.crop_size}, "
         f"batch {batch}, {cfg.benchmark.runs} batches timed\n"

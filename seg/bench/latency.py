@@ -175,7 +175,7 @@ def checkpoint_spec(path: str, index: int) -> Spec:
     from seg.engine.checkpoint import load_segmenter
 
     model, stored = load_segmenter(path)
-    normalization = getattr(stored.model.normalization, "value", stored.model.normalization)
+    normalization = stored.model.normalization
     return Spec(
         f"trained {index}: {model.name}",
         lambda: model,
@@ -311,7 +311,7 @@ def benchmark_latency(cfg: Any) -> dict[str, Any]:
         print(f"timing {len(prepared)} models x {len(lat.modes)} modes, {b.runs} rounds ...", flush=True)
         time_in_turns(prepared, b.warmup, b.runs)
         rows = [row for row, _ in prepared]
-    dataset = getattr(cfg.dataset.name, "value", cfg.dataset.name)
+    dataset = str(cfg.dataset.name)
     result = {
         "task": "latency",
         "threads": b.threads,

@@ -46,7 +46,7 @@ def build_dataset(cfg: "DatasetConfig", split: str, transform: Optional[Transfor
     Roots and split files are checked before anything heavy is read; problems raise DatasetError
     with one line naming the path.
     """
-    name = getattr(cfg.name, "value", cfg.name)
+    name = str(cfg.name)
     _check_config(cfg)
     split = resolve_split(cfg, split)
     common = dict(

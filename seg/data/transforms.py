@@ -26,7 +26,7 @@ PAD_VALUE = (124, 116, 104)
 
 def pixel_mean_std(normalization) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel (mean, std) in 0..255 units for `imagenet` or `deeplab` (x/127.5 - 1)."""
-    name = getattr(normalization, "value", normalization)
+    name = str(normalization)
     if name == "imagenet":
         return IMAGENET_MEAN, IMAGENET_STD
     if name == "deeplab":

@@ -175,8 +175,7 @@ def pick_device(device: str, local_rank: int = 0) -> torch.device:
 
 
 def _amp_dtype(train_cfg: DictConfig) -> torch.dtype:
-    name = getattr(train_cfg.amp_dtype, "value", train_cfg.amp_dtype)
-    return torch.float16 if name == "float16" else torch.bfloat16
+    return torch.float16 if train_cfg.amp_dtype == "float16" else torch.bfloat16
 
 
 def _checkpoint_path(value: Optional[str], key: str) -> Optional[Path]:
@@ -370,7 +369,7 @@ def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
         if main:
             log.info(
                 "data: %s, %d train / %d val images, %d classes",
-                getattr(cfg.dataset.name, "value", cfg.dataset.name),
+                cfg.dataset.name,
                 len(train_set),
                 len(val_set),
                 int(cfg.model.num_classes),
@@ -416,7 +415,6 @@ _START_ONLY = ("backbone.pretrained", "backbone.weights")
 
 def _plain(cfg: Any, key: str) -> Any:
     v = OmegaConf.select(cfg, key, default=None)
-    v = getattr(v, "value", v)  # enums as their names
     return OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
 
 

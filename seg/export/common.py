@@ -92,7 +92,7 @@ def build_metadata(
     normalisation values are the model's own (`normalization` only names them)."""
     from seg.models.segmenter import part_names
 
-    norm = getattr(normalization, "value", normalization)
+    norm = str(normalization)
     mean, std = model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()
     backbone, head = part_names(model_cfg)
     labels = output == "labels"

@@ -25,8 +25,9 @@ FP32_AGREEMENT = 0.999  # argmax agreement an fp32 export must reach against PyT
 INT8_AGREEMENT = 0.98  # ... and an int8 export against the fp32 one
 
 
-def _value(v: Any) -> Any:
-    return getattr(v, "value", v)
+def _plain(v: Any) -> Any:
+    # Config choices as the strings they are (None stays None), for metadata and file names.
+    return None if v is None else str(v)
 
 
 def default_path(checkpoint: Path, cfg: DictConfig) -> Path:
@@ -35,9 +36,9 @@ def default_path(checkpoint: Path, cfg: DictConfig) -> Path:
     name = checkpoint.stem
     name += "-dynamic" if e.dynamic else ""
     name += "-rgb8" if e.include_preprocessing else ""
-    name += "-labels" if _value(e.output) == "labels" else ""
-    name += ".int8" if _value(e.quantize) == "int8" else ""
-    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "tflite": ".tflite"}[_value(e.format)]
+    name += "-labels" if _plain(e.output) == "labels" else ""
+    name += ".int8" if _plain(e.quantize) == "int8" else ""
+    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "tflite": ".tflite"}[_plain(e.format)]
     return checkpoint.with_name(name + suffix)
 
 
@@ -53,7 +54,7 @@ def _samples(dataset_cfg: Any, split: str, count: Optional[int]) -> list[tuple[n
 
 def _validate(cfg: DictConfig) -> None:
     e = cfg.export
-    fmt, quantize = _value(e.format), _value(e.quantize)
+    fmt, quantize = _plain(e.format), _plain(e.quantize)
     if quantize and fmt != "onnx":
         raise ExportError(f"export.quantize={quantize} is for export.format=onnx (got format {fmt})")
     if fmt == "tflite" and e.dynamic:
@@ -109,14 +110,14 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
         raise ExportError("checkpoint=PATH is required: the checkpoint to export")
     _validate(cfg)
     e = cfg.export
-    fmt, quantize, output = _value(e.format), _value(e.quantize), _value(e.output)
+    fmt, quantize, output = _plain(e.format), _plain(e.quantize), _plain(e.output)
     labels = output == "labels"
     checkpoint = Path(cfg.checkpoint)
     path = Path(e.path) if e.path else default_path(checkpoint, cfg)
     _check_destination(path, checkpoint, bool(e.overwrite))
     model, stored = load_segmenter(checkpoint)
     dataset_cfg = cfg.dataset if keep_dataset else stored.dataset
-    normalization = "custom" if stored.model.get("pixel_mean") is not None else _value(stored.model.normalization)
+    normalization = "custom" if stored.model.get("pixel_mean") is not None else _plain(stored.model.normalization)
 
     metadata = build_metadata(
         fmt=fmt,
@@ -241,7 +242,7 @@ def _quantize(
     metadata["float_modules"] = list(e.float_modules)
     quantize_int8(fp32_path, path, [prepare(image)[0] for image, _ in calibration], metadata, list(e.float_modules))
     int8 = OnnxRunner(path)
-    labels = _value(e.output) == "labels"
+    labels = _plain(e.output) == "labels"
     vs_torch = compare(torch_runner(reference), int8, inputs, labels, valid)
     vs_fp32 = compare(fp32_runner, int8, inputs, labels, valid)
     print(format_check("check onnx int8 vs PyTorch", vs_torch))
