@@ -1,9 +1,12 @@
 """What every tool shares at the edge: the one place that turns a user's mistake into `error: ...`
 and exit status 1, and short override names.
 
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)  # seg.commands
     @one_line_errors
     def main(cfg: DictConfig) -> None: ...
+
+    def run() -> None:  # a console command's entry point (pyproject.toml's [project.scripts])
+        launch(main)
 """
 
 from __future__ import annotations

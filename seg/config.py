@@ -205,6 +205,15 @@ class AmpDtype(Choice):
 
 
 @dataclass
+class DistillConfig:
+    """`train.distill_from=CKPT`: the student also learns the teacher's per-pixel class
+    distributions (Hinton et al., "Distilling the Knowledge in a Neural Network", 2015)."""
+
+    temperature: float = 2.0  # softens both distributions; the term is scaled by temperature^2
+    weight: float = 1.0  # loss = cross-entropy + weight * temperature^2 * KL(teacher || student)
+
+
+@dataclass
 class TrainConfig:
     """`tools/train.py`. Defaults are the published DeepLab MobileNetV2 recipe on VOC train_aug;
     `conf/train/synthetic.yaml` holds the quick CPU settings of the built-in dataset."""
@@ -242,6 +251,10 @@ class TrainConfig:
     # any) or a path.
     resume: Optional[str] = None
     init_from: Optional[str] = None
+    # A teacher checkpoint of ours (any backbone, head or output stride, the same classes; a converted
+    # official model too, or pretrained:NAME): see `distill`.
+    distill_from: Optional[str] = None
+    distill: DistillConfig = field(default_factory=DistillConfig)
     device: str = "auto"  # auto: cuda:<local rank> when CUDA is available, else cpu
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     amp_dtype: AmpDtype = AmpDtype.bfloat16
@@ -354,7 +367,7 @@ class OfficialBenchConfig:
 
 @dataclass
 class BenchmarkConfig:
-    task: str = "data"  # data | train | eval | latency | tradeoff | official; `tools/benchmark.py TASK` sets it
+    task: str = "data"  # data | train | eval | latency | tradeoff | official | web; `tools/benchmark.py TASK` sets it
     threads: int = 2
     warmup: int = 5
     runs: int = 20
@@ -370,6 +383,9 @@ class ExportFormat(Choice):
     onnx = "onnx"
     torchscript = "torchscript"
     tflite = "tflite"  # needs the optional litert-torch package: pip install ".[tflite]"
+    # A folder with a browser app (seg/web/) around an ONNX model: uint8 RGB in, labels out, int8
+    # unless export.quantize=none; needs onnxruntime-web's files (npm ci --prefix seg/web)
+    web = "web"
 
 
 class ExportOutput(Choice):
@@ -378,7 +394,8 @@ class ExportOutput(Choice):
 
 
 class Quantize(Choice):
-    int8 = "int8"
+    int8 = "int8"  # ONNX Runtime static QDQ quantization (formats onnx and web)
+    none = "none"  # float32
 
 
 @dataclass
@@ -393,13 +410,15 @@ class ExportConfig:
     # Static ONNX: the final logits resize, from up to 48 rows of logits, as two MatMuls with
     # bilinear weights (same values, faster on ONNX Runtime); false keeps it a Resize op.
     resize_matmul: bool = True
-    quantize: Optional[Quantize] = None  # int8: ONNX Runtime static QDQ quantization (onnx only)
+    # int8 (onnx, web) or none (fp32); null: the format's default, int8 for web, none for the others
+    quantize: Optional[Quantize] = None
     calibration_images: int = 32  # train-split images of the dataset that calibrate int8
     # int8: modules (state_dict paths) kept in float. The stem and first block run at half the
     # input resolution, where ONNX Runtime's int8 kernels are slower than float on x86; [] for all int8.
+    # web: this default becomes [] (the page then computes exactly what ONNX Runtime does natively).
     float_modules: List[str] = field(default_factory=lambda: ["backbone.stem", "backbone.blocks.0"])
     include_preprocessing: bool = False  # input raw uint8 RGB NHWC; normalisation inside the graph
-    output: ExportOutput = ExportOutput.logits
+    output: Optional[ExportOutput] = None  # null: the format's default, labels for web, logits for the others
     check_images: int = 4  # val images the exported model is compared with PyTorch on
     eval_images: Optional[int] = 50  # val images for the fp32/int8 mIoU report (None: all)
     min_agreement: Optional[float] = None  # argmax agreement required (None: 0.999 fp32, 0.98 int8)
@@ -408,17 +427,37 @@ class ExportConfig:
 
 @dataclass
 class PredictConfig:
-    """`tools/predict.py checkpoint=PATH|model=FILE input=IMAGE_OR_DIR output=DIR`: the tool maps
+    """`tools/predict.py checkpoint=PATH|model=FILE input=IMAGE|DIR|PATTERN|VIDEO|WEBCAM output=DIR`: the tool maps
     `model=`, `input=`, `output=` onto the keys below."""
 
     model: Optional[str] = None  # an exported model (.onnx, .torchscript.pt, .tflite) instead of a checkpoint
-    input: Optional[str] = None  # an image or a folder (searched recursively)
-    output: Optional[str] = None  # folder for NAME.png (palette mask) and NAME_overlay.jpg
+    # An image, a folder (searched recursively), a glob pattern ('photos/**/*.jpg'), a video file
+    # (mp4, avi, mov, mkv, webm: told by its content) or a webcam index (0)
+    input: Optional[str] = None
+    # Folder for NAME.png (palette mask) and NAME_overlay.jpg; NAME_overlay.mp4 (and NAME/frame_NNNNNN.png)
+    # for a video or a webcam
+    output: Optional[str] = None
     fast: bool = True  # checkpoint: batch-norm folded, channels_last, inference mode
     max_size: int = 2048  # longest side the model sees (larger images are scaled down, masks back up)
     threads: Optional[int] = None  # intra-op threads (None: the runtime's default)
     alpha: float = 0.5  # overlay opacity
     overwrite: bool = False  # replace existing files in the output folder (inputs are never written)
+    # Images (video frames, tiles) a forward, for a checkpoint; exported models run one at a time
+    # unless their batch dimension is dynamic (tools/export.py writes batch 1)
+    batch_size: int = 1
+    device: str = "auto"  # checkpoint: auto (cuda when available), cpu, cuda or cuda:N
+    # ONNX models: ONNX Runtime execution providers in order, e.g. [CUDAExecutionProvider,
+    # CPUExecutionProvider] (null: the CPU)
+    providers: Optional[List[str]] = None
+    # Sliding window at full resolution for images larger than a tile (max_size then does not
+    # apply): overlapping tiles, probabilities blended with weights favouring tile centres
+    tile: bool = False
+    tile_size: int = 513  # tile side (a static-size exported model tiles at its own input size)
+    tile_overlap: float = 0.25  # fraction of a tile shared with its neighbour, in [0, 1)
+    save_frames: bool = False  # video / webcam: also NAME/frame_NNNNNN.png, the mask of every frame
+    max_frames: Optional[int] = None  # video / webcam: stop after this many frames (null: at the stream's end)
+    display: Optional[bool] = None  # webcam: a live window, nothing written (null: when a display exists)
+    progress: bool = True  # progress bar
 
 
 @dataclass
@@ -520,6 +559,8 @@ def _value_problems(cfg: Any) -> list[str]:
     need(t.scale_step >= 0, "train.scale_step", "must be >= 0")
     need(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
     need(t.aux_loss_weight >= 0, "train.aux_loss_weight", "must be >= 0")
+    need(t.distill.temperature > 0, "train.distill.temperature", "must be > 0")
+    need(t.distill.weight >= 0, "train.distill.weight", "must be >= 0")
     for key in ("eval_every", "checkpoint_every", "vis_images"):
         need(t[key] >= 0, f"train.{key}", "must be >= 0")
     need(t.log_every > 0, "train.log_every", "must be > 0")
@@ -548,6 +589,21 @@ def _value_problems(cfg: Any) -> list[str]:
     need(p.max_size > 0, "predict.max_size", "must be > 0")
     need(0 <= p.alpha <= 1, "predict.alpha", "must be in [0, 1]")
     positive_or_none("predict.threads")
+    need(p.batch_size >= 1, "predict.batch_size", "must be >= 1")
+    device = str(p.device)
+    need(
+        device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()),
+        "predict.device",
+        "must be auto, cpu, cuda or cuda:N",
+    )
+    need(
+        p.providers is None or (len(p.providers) > 0 and all(bool(x) for x in p.providers)),
+        "predict.providers",
+        "must be a non-empty list of ONNX Runtime execution providers (or null)",
+    )
+    need(p.tile_size >= 32, "predict.tile_size", "must be >= 32")
+    need(0 <= p.tile_overlap < 1, "predict.tile_overlap", "must be in [0, 1)")
+    positive_or_none("predict.max_frames")
     b = cfg.benchmark
     need(b.threads > 0, "benchmark.threads", "must be > 0")
     need(b.warmup >= 0, "benchmark.warmup", "must be >= 0")

@@ -32,6 +32,7 @@ def tiny_train_args(root: Path, *overrides: str) -> list[str]:
     """A few iterations of the default model on a 16-image built-in dataset of 48x48 images."""
     return [
         "head=lraspp",
+        "model.backbone.pretrained=null",  # real datasets start from ImageNet by default: no downloads here
         f"dataset.root={root}",
         "dataset.synthetic.num_train=16",
         "dataset.synthetic.num_val=4",

@@ -466,6 +466,7 @@ def test_unreadable_image_in_workers_of_train_py(tmp_path):
                 sys.executable,
                 "tools/train.py",
                 "dataset=folder",
+                "model.backbone.pretrained=null",
                 f"dataset.root={root}",
                 "dataset.num_workers=2",
                 "train.max_iters=2",

@@ -73,7 +73,8 @@ def test_dataset_configs_compose(name):
     cfg = compose_config(f"dataset={name}")
     assert cfg.dataset.name == name
     assert len(cfg.dataset.class_names) == cfg.dataset.num_classes
-    assert (CONF_DIR / "dataset" / f"{name}.yaml").read_text().startswith("# @package dataset\n")
+    # _global_: a dataset file also says what model its runs get by default (conf/dataset/synthetic.yaml)
+    assert (CONF_DIR / "dataset" / f"{name}.yaml").read_text().startswith("# @package _global_\n")
     for key in ("root", "train_split", "val_split", "num_workers", "num_classes", "ignore_index"):
         assert key in cfg.dataset
 

@@ -163,7 +163,13 @@ def test_output_stride_switch_at_eval_changes_nothing_but_dilations(tmp_path):
 
 
 def test_eval_on_the_real_voc_sample(real_fixtures, tmp_path):
-    cfg = compose_config("backbone=mnv2_dm05", "head=aspp_lite", "dataset=voc", f"dataset.root={real_fixtures}")
+    cfg = compose_config(
+        "backbone=mnv2_dm05",
+        "head=aspp_lite",
+        "dataset=voc",
+        f"dataset.root={real_fixtures}",
+        "model.backbone.pretrained=null",
+    )
     torch.manual_seed(0)
     model = build_segmenter(cfg.model)
     ckpt = tmp_path / "model.pt"

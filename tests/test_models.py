@@ -207,7 +207,7 @@ PUBLISHED = [
 @pytest.mark.parametrize("experiment,overrides,published", PUBLISHED)
 def test_published_multiply_adds_within_two_percent(experiment, overrides, published):
     cfg = compose_config(f"experiment={experiment}", *overrides)
-    model = build_segmenter(cfg.model)
+    model = build_segmenter(cfg.model, start_weights=False)
     model.set_output_stride(cfg.eval.output_stride or cfg.model.output_stride)
     madds = count_evaluation(model, cfg.flops.input_size, list(cfg.eval.scales), cfg.eval.flip)["madds"]
     assert abs(madds / published - 1) < 0.02, madds

@@ -141,7 +141,7 @@ def test_predict_refuses_a_missing_input_or_two_models(ckpt, tmp_path):
 def test_exif_orientation_and_the_direct_jpeg_path_read_what_pil_shows(tmp_path, monkeypatch):
     from PIL import ImageOps
 
-    import seg.predict as predict
+    import seg.images as predict  # the one image reader predict uses
 
     rng = np.random.default_rng(2)
     rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
@@ -166,7 +166,7 @@ def test_exif_orientation_and_the_direct_jpeg_path_read_what_pil_shows(tmp_path,
 
 
 def test_images_convert_the_same_in_strips(tmp_path, monkeypatch):
-    import seg.predict as predict
+    import seg.images as predict  # the one image reader predict uses
 
     folder = odd_images(tmp_path / "in")
     rng = np.random.default_rng(3)

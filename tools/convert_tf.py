@@ -10,59 +10,12 @@ The architecture is read from the file (depth multiplier, classes, output stride
 normalisation, align_corners). The checkpoint holds the weights, that config with TF DeepLab's
 numerics, and the source's SHA-256 and tensor mapping, so tools/eval.py, export.py, predict.py and
 `train.init_from` take it like any other. `python -m seg.pretrained` lists the official releases.
+
+The same as `seg-convert ...` once the package is installed (`pip install .`); the code is in
+seg/commands/convert_tf.py.
 """
 
-from __future__ import annotations
-
-import logging
-from pathlib import Path
-
-import hydra
-from omegaconf import DictConfig
-
-from seg.cli import launch, one_line_errors
-from seg.config import check_config, register_configs
-from seg.engine.checkpoint import save_checkpoint
-from seg.errors import ConfigError
-from seg.files import refuse_overwrite, require_writable
-from seg.models.official import ARCHIVE_SUFFIXES, convert_source
-
-register_configs()
-log = logging.getLogger("convert_tf")
-
-
-def default_output(source: Path) -> Path:
-    """<source name>.pt beside the source (`model.pt` for a checkpoint prefix or a frozen graph)."""
-    name = source.name
-    for suffix in (*ARCHIVE_SUFFIXES, ".tflite"):
-        if name.lower().endswith(suffix):
-            return source.with_name(name[: -len(suffix)] + ".pt")
-    return source.parent / "model.pt"
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    check_config(cfg)
-    c = cfg.convert
-    if not c.source:
-        raise ConfigError(
-            "source=PATH is required: a .tflite file, a release archive (.tar.gz), a frozen_inference_graph.pb "
-            "or a model.ckpt-NNNN prefix"
-        )
-    if c.output_stride is not None and c.output_stride not in (8, 16, 32):
-        raise ConfigError(f"convert.output_stride={c.output_stride} must be 8, 16 or 32 (or null)")
-    source = Path(c.source)
-    output = Path(c.output) if c.output else default_output(source)
-    refuse_overwrite(output, "convert.output", c.overwrite)
-    require_writable(output, "convert.output")
-    state = convert_source(source, c.output_stride)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(output, state)
-    p = state["provenance"]
-    log.info("converted %d layers from %s (%s, sha256 %s)", len(p["mapping"]), source, p["format"], p["sha256"][:16])
-    print(f"wrote {output}")
-
+from seg.commands.convert_tf import main, run  # noqa: F401  (main: for tests that load this file)
 
 if __name__ == "__main__":
-    launch(main, aliases={"source": "convert.source", "output": "convert.output"})
+    run()

@@ -8,29 +8,12 @@
 The model is rebuilt from the config stored in the checkpoint; so is the dataset unless `dataset`
 keys are given on the command line. Writes metrics.json, confusion_matrix.png and TensorBoard
 events into the run directory (and, with eval.save_predictions=true, predictions/).
+
+The same as `seg-eval ...` once the package is installed (`pip install .`); the code is in
+seg/commands/eval.py.
 """
 
-from __future__ import annotations
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from seg.cli import launch, one_line_errors
-from seg.config import check_config, register_configs
-from seg.engine.evaluator import run_evaluation
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    check_config(cfg)
-    overrides = HydraConfig.get().overrides.task
-    user_set_dataset = any(o.lstrip("+~").startswith("dataset") for o in overrides)
-    run_evaluation(cfg, HydraConfig.get().runtime.output_dir, keep_dataset=user_set_dataset)
-
+from seg.commands.eval import main, run  # noqa: F401  (main: for tests that load this file)
 
 if __name__ == "__main__":
-    launch(main)
+    run()

@@ -10,29 +10,12 @@
 Writes the model (default: beside the checkpoint) and its metadata JSON (MODEL.json). Images for
 the check and the int8 calibration come from the checkpoint's dataset, or from `dataset...`
 overrides given on the command line.
+
+The same as `seg-export ...` once the package is installed (`pip install .`); the code is in
+seg/commands/export.py.
 """
 
-from __future__ import annotations
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from seg.cli import launch, one_line_errors
-from seg.config import check_config, register_configs
-from seg.export import run_export
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    check_config(cfg)
-    overrides = HydraConfig.get().overrides.task
-    user_set_dataset = any(o.lstrip("+~").startswith("dataset") for o in overrides)
-    run_export(cfg, keep_dataset=user_set_dataset)
-
+from seg.commands.export import main, run  # noqa: F401  (main: for tests that load this file)
 
 if __name__ == "__main__":
-    launch(main)
+    run()

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from seg.cli import launch, one_line_errors
+from seg.commands import CONFIG_NAME, CONFIG_PATH
 from seg.config import check_config, register_configs
 from seg.data import build_dataset
 from seg.metrics import ConfusionMatrix
@@ -56,7 +57,7 @@ def pixel_colour_baseline(dataset_cfg: DictConfig) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     check_config(cfg)

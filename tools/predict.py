@@ -7,30 +7,12 @@
 Writes NAME.png (class indices, VOC palette) and NAME_overlay.jpg for each image; a checkpoint runs
 on the fast path (batch norm folded, channels_last, inference mode) unless predict.fast=false.
 `model=`, `input=` and `output=` are short for predict.model, predict.input, predict.output.
+
+The same as `seg-predict ...` once the package is installed (`pip install .`); the code is in
+seg/commands/predict.py.
 """
 
-from __future__ import annotations
-
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-from seg.cli import launch, one_line_errors
-from seg.config import check_config, register_configs
-from seg.predict import run_predict
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    check_config(cfg)
-    counts = run_predict(cfg, log=print)
-    if counts["images"] == 0:
-        sys.exit(1)
-
+from seg.commands.predict import main, run  # noqa: F401  (main: for tests that load this file)
 
 if __name__ == "__main__":
-    launch(main, aliases={"model": "predict.model", "input": "predict.input", "output": "predict.output"})
+    run()

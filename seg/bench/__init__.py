@@ -10,6 +10,8 @@ prints a markdown table and returns a JSON-able dict. timing.py holds what they 
 - tradeoff (tradeoff.py): the encoders' latency against their multiply-adds (`benchmark.tradeoff`).
 - official (official.py): the official DeepLab TF Lite files on LiteRT against our conversion on
   PyTorch and its ONNX export: pixel accuracy, mIoU, agreement on real VOC images (`benchmark.official`).
+- web (web.py): the web app's time per frame in headless Chromium (ONNX Runtime Web, WebAssembly) next to
+  ONNX Runtime in Python on the same model file and threads (`benchmark.threads`, `export.input_size`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from seg.bench.tradeoff import benchmark_tradeoff
 from seg.bench.train import benchmark_train
 from seg.errors import ConfigError
 
+
+def benchmark_web(cfg) -> dict[str, Any]:
+    # Imported when run: `python -m seg.bench.web screenshot ...` then finds the module unloaded.
+    from seg.bench.web import benchmark_web as run
+
+    return run(cfg)
+
+
 TASKS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "data": benchmark_data,
     "train": benchmark_train,
@@ -31,6 +41,7 @@ TASKS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "latency": benchmark_latency,
     "tradeoff": benchmark_tradeoff,
     "official": benchmark_official,
+    "web": benchmark_web,
 }
 
 

@@ -26,7 +26,7 @@ def benchmark_eval(cfg) -> dict[str, Any]:
         model, stored = load_segmenter(cfg.checkpoint)
         model_cfg = stored.model
     else:
-        model, model_cfg = build_segmenter(cfg.model).eval(), cfg.model
+        model, model_cfg = build_segmenter(cfg.model, start_weights=False).eval(), cfg.model  # speed only
     model.set_output_stride(cfg.eval.output_stride or model_cfg.output_stride)
     dataset = build_dataset(cfg.dataset, "val", build_eval_transform())
     multi = list(cfg.eval.scales) if len(cfg.eval.scales) > 1 or cfg.eval.flip else [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]

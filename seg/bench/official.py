@@ -22,7 +22,6 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from seg.bench.timing import output_dir
 from seg.errors import ConfigError
@@ -72,17 +71,6 @@ def find_samples(voc_roots: list[str], extra_images: list[str]) -> list[Sample]:
         if names[s.name] > 1:
             s.name = str(s.image_path)
     return samples
-
-
-def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A VOC palette PNG as its class ids (0..20, 255 ignore), checked against the image's size."""
-    with Image.open(path) as img:
-        if img.mode not in ("P", "L"):
-            raise ConfigError(f"{path}: a {img.mode} image, not a VOC class mask (palette or grey PNG of class ids)")
-        mask = np.array(img)
-    if mask.shape != shape:
-        raise ConfigError(f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} != its image's {shape[1]}x{shape[0]}")
-    return mask
 
 
 class _Runtimes:
@@ -154,8 +142,8 @@ def benchmark_official(cfg) -> dict[str, Any]:
     the official runtime; `official.md` and `official.json` in `benchmark.official.output_dir`."""
     from tqdm import tqdm
 
+    from seg.images import read_image, read_image_and_mask
     from seg.metrics import ConfusionMatrix
-    from seg.predict import read_image
 
     o, threads = cfg.benchmark.official, int(cfg.benchmark.threads)
     models_dir = Path(o.models_dir)
@@ -175,8 +163,16 @@ def benchmark_official(cfg) -> dict[str, Any]:
         )
     out_dir = output_dir(cfg.benchmark.official.output_dir, "benchmark.official.output_dir")
     torch.set_num_threads(threads)
-    images = [read_image(s.image_path) for s in samples]
-    masks = [read_mask(s.mask_path, img.shape[:2]) if s.mask_path else None for s, img in zip(samples, images)]
+    # The reader of training and predict (seg/images.py): EXIF orientation applied to image and mask alike.
+    images: list[np.ndarray] = []
+    masks: list[Optional[np.ndarray]] = []
+    for s in samples:
+        if s.mask_path is None:
+            image, mask = read_image(s.image_path), None
+        else:
+            image, mask = read_image_and_mask(s.image_path, s.mask_path)
+        images.append(image)
+        masks.append(mask)
 
     result: dict[str, Any] = {
         "task": "official",

@@ -17,17 +17,14 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
+from seg.api import compose as compose_config
 from seg.bench.timing import timed_runs
 from seg.data import build_dataset
 from seg.engine.trainer import make_run, pick_device, train_step
 from seg.errors import ConfigError
 from seg.models.segmenter import part_names
-
-REPO = Path(__file__).resolve().parents[2]  # tools/ and conf/
 
 
 def time_train_steps(
@@ -78,7 +75,6 @@ def _training_rate(log_file: Path, batch_size: int, start: float, end: float) ->
 def _run_condition(condition: str, b, folder: Path, batch_size: int) -> list[Optional[float]]:
     """Start the trainings (one, or two side by side) and, for `busy`, a busy process beside them;
     stop them after `b.seconds`; return each training's images/s after the warm-up."""
-    train_py = REPO / "tools" / "train.py"
     count = 2 if condition == "training" else 1
     others = [subprocess.Popen([sys.executable, "-c", "while True: pass"])] if condition == "busy" else []
     runs, procs = [folder / f"{condition}-{i}" for i in range(count)], []
@@ -96,7 +92,7 @@ def _run_condition(condition: str, b, folder: Path, batch_size: int) -> list[Opt
             ]
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, str(train_py), *args],
+                    [sys.executable, "-m", "seg.commands.train", *args],  # seg-train, checkout or wheel
                     cwd=Path.cwd(),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -179,13 +175,10 @@ def benchmark_train(cfg) -> dict[str, Any]:
         return benchmark_train_contention(cfg)
     torch.set_num_threads(cfg.benchmark.threads)
     published = ["mobilenetv2_coco_voc_trainaug", "mobilenetv2_dm05_coco_voc_trainaug"]
-    if GlobalHydra.instance().is_initialized():
-        experiments = {e: compose("config", overrides=[f"experiment={e}"]) for e in published}
-    else:
-        conf = str(REPO / "conf")
-        with initialize_config_dir(config_dir=conf, version_base="1.3"):
-            experiments = {e: compose("config", overrides=[f"experiment={e}"]) for e in published}
+    experiments = {e: compose_config([f"experiment={e}"]) for e in published}
     models = {"configured": cfg.model, **{e: c.model for e, c in experiments.items()}}
+    for model_cfg in models.values():  # speed only: no ImageNet weights to fetch
+        model_cfg.backbone.pretrained = model_cfg.backbone.weights = None
     crop, batch = int(cfg.flops.input_size), int(cfg.train.batch_size)
     rows = []
     for name, model_cfg in models.items():

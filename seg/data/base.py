@@ -3,6 +3,10 @@
 A raw sample is `(image, mask)`: RGB uint8 HxWx3 and uint8 HxW holding class indices, with
 `ignore_index` (255 by default) marking pixels that count for nothing. With a transform,
 `__getitem__` returns what the transform returns (tensors, see `seg/data/transforms.py`).
+
+Images are read by `seg.images`, the reader predict uses, so training and prediction see the same
+pixels; EXIF orientation is applied to the image and its mask alike (masks are aligned with the
+image's stored pixels, as VOC's and COCO's are).
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 
+from seg import images
 from seg.errors import SegError
 from seg.files import write_atomically
 
@@ -89,39 +93,24 @@ def read_split_file(path: Path) -> list[str]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An RGB uint8 HxWx3 array; a missing, unreadable or truncated file raises DatasetError."""
+    """`seg.images.read_image` (RGB uint8 HxWx3, upright: the reader predict uses too); a missing,
+    unreadable or truncated file raises DatasetError."""
     try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot read image {path}: {e}") from e
+        return images.read_image(path)
+    except images.ImageReadError as e:
+        raise DatasetError(str(e)) from e
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Class indices as uint8 HxW.
+    """Class indices as uint8 HxW (`seg.images.read_mask`), in the file's stored pixel order.
 
     Palette ('P') PNGs, as VOC ships them, are read as their palette indices, never as colours;
-    grayscale ('L', 'I;16', 'I') masks as their values.
+    grayscale ('L', 'I;16', 'I') masks as their values. Problems raise DatasetError.
     """
     try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            mask = np.array(img)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot read mask {path}: {e}") from e
-    if mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "1"):
-        raise DatasetError(
-            f"mask {path} has mode {mode}: expected a palette or grayscale PNG of class indices "
-            f"(colour masks must be converted to indices first, {README_HINT})"
-        )
-    if mask.dtype != np.uint8:
-        # 16-bit masks are fine as long as their values fit; check_sample reports the ones that don't.
-        big = np.unique(mask[(mask < 0) | (mask > 255)])
-        if big.size:
-            raise DatasetError(f"mask {path} has values outside [0, 255]: {big[:10].tolist()}")
-        mask = mask.astype(np.uint8)
-    return mask
+        return images.read_mask(path)
+    except images.ImageReadError as e:
+        raise DatasetError(f"{e} ({README_HINT})") from e
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:
@@ -131,12 +120,16 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
     write_atomically(path, partial(save_palette_png, np.ascontiguousarray(mask, dtype=np.uint8)))
 
 
-def check_sample(image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int, path: Path) -> None:
-    """Raise DatasetError when sizes differ or the mask holds values that are no class."""
+def check_sample(
+    image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int, path: Path, orientation: int = 1
+) -> None:
+    """Raise DatasetError when sizes differ or the mask holds values that are no class. `image` is
+    as stored, and `orientation` its EXIF orientation (for the message when the mask is upright)."""
     if image.shape[:2] != mask.shape[:2]:
         raise DatasetError(
             f"image and mask sizes differ for {path}: image {image.shape[1]}x{image.shape[0]}, "
             f"mask {mask.shape[1]}x{mask.shape[0]} (WxH)"
+            + images.upright_mask_note(image.shape, mask.shape, orientation)
         )
     counts = np.bincount(mask.ravel(), minlength=256)
     counts[:num_classes] = 0
@@ -182,11 +175,18 @@ class SegmentationDataset(Dataset):
         return read_mask(self.mask_paths[index])
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The raw, checked sample `index`: RGB uint8 HxWx3 image and uint8 HxW mask."""
-        image = read_image(self.image_paths[index])
+        """The raw, checked sample `index`: RGB uint8 HxWx3 image and uint8 HxW mask, upright.
+
+        The image is read by `seg.images` (as predict reads it). Masks are aligned with the image's
+        stored pixels (VOC's, COCO's), so the size check is made as stored, and then the image's
+        EXIF orientation turns image and mask alike."""
+        try:
+            image, orientation = images.read_image_stored(self.image_paths[index])
+        except images.ImageReadError as e:
+            raise DatasetError(str(e)) from e
         mask = self.read_mask(index)
-        check_sample(image, mask, self.num_classes, self.ignore_index, self.mask_paths[index])
-        return image, mask
+        check_sample(image, mask, self.num_classes, self.ignore_index, self.mask_paths[index], orientation)
+        return images.orient(image, orientation), images.orient(mask, orientation)
 
     def describe(self, index: int) -> str:
         """The files of sample `index`, for error messages."""

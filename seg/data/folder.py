@@ -4,7 +4,9 @@
     <root>/masks/<split>/<stem>.png                   <root>/masks/<stem>.png
 
 Masks hold class indices 0..num_classes-1 (palette or grayscale PNGs) and `ignore_index` for pixels
-to ignore. Class names, `num_classes` and `ignore_index` come from the config.
+to ignore. Class names, `num_classes` and `ignore_index` come from the config. A mask is aligned with
+its image's stored pixels: an image with an EXIF orientation is turned upright with its mask (a mask
+drawn on the upright view of such an image is refused, see `seg/images.py`).
 """
 
 from __future__ import annotations

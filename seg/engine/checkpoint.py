@@ -328,7 +328,7 @@ def load_segmenter(path: PathLike, map_location: Any = "cpu") -> tuple[torch.nn.
     if not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' weights)")
     stored = stored_config(state, path)
-    model = build_segmenter(stored.model)
+    model = build_segmenter(stored.model, start_weights=False)  # its own weights come next
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

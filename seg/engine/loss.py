@@ -32,9 +32,23 @@ def cross_entropy_terms(
     return loss, norm
 
 
+def distillation_term(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, valid: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Summed over the labelled pixels: temperature^2 x KL(teacher || student) of the per-pixel class
+    distributions softened by `temperature` (the T^2 keeps its gradients on the cross-entropy's scale
+    whatever the temperature). Pixels labelled ignore (padding, VOC's object outlines) are left out
+    with the cross-entropy's, so both terms share one normaliser."""
+    student = F.log_softmax(logits.float() / temperature, dim=1)
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    per_pixel = F.kl_div(student, teacher, reduction="none", log_target=True).sum(dim=1)
+    return per_pixel[valid].sum() * temperature**2
+
+
 class SegmentationLoss:
-    """`(logits, aux_logits or None, target) -> (summed loss, normaliser)`: the main term plus
-    `aux_weight` times the auxiliary classifier's (normalised by the main term's pixels)."""
+    """`(logits, aux_logits or None, target, teacher_logits or None) -> (summed loss, normaliser)`:
+    the main term, plus `aux_weight` times the auxiliary classifier's, plus `distill_weight` times the
+    distillation term (all normalised by the main term's pixels)."""
 
     def __init__(
         self,
@@ -43,8 +57,12 @@ class SegmentationLoss:
         label_smoothing: float = 0.0,
         aux_weight: float = 0.0,
         device: torch.device | str = "cpu",
+        distill_weight: float = 0.0,
+        temperature: float = 1.0,
     ) -> None:
         self.ignore_index = ignore_index
+        self.distill_weight = distill_weight
+        self.temperature = temperature
         self.label_smoothing = label_smoothing
         self.aux_weight = aux_weight
         self.weight = None
@@ -52,10 +70,17 @@ class SegmentationLoss:
             self.weight = torch.tensor(list(class_weights), dtype=torch.float32, device=device)
 
     def __call__(
-        self, logits: torch.Tensor, aux_logits: Optional[torch.Tensor], target: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        aux_logits: Optional[torch.Tensor],
+        target: torch.Tensor,
+        teacher_logits: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         loss, norm = cross_entropy_terms(logits, target, self.weight, self.ignore_index, self.label_smoothing)
         if aux_logits is not None:
             aux, _ = cross_entropy_terms(aux_logits, target, self.weight, self.ignore_index, self.label_smoothing)
             loss = loss + self.aux_weight * aux
+        if teacher_logits is not None:
+            distill = distillation_term(logits, teacher_logits, target != self.ignore_index, self.temperature)
+            loss = loss + self.distill_weight * distill
         return loss, norm

@@ -46,6 +46,7 @@ from seg.data.transforms import build_eval_transform, build_train_transform
 from seg.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
+    load_segmenter,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -58,7 +59,7 @@ from seg.engine.loss import SegmentationLoss
 from seg.engine.sampling import SeededSamples, SeededTransform, TrainBatchSampler
 from seg.engine.schedule import build_scheduler
 from seg.errors import SegError
-from seg.files import FileClashError, RunLock, remove_stale_temporaries, write_text_atomically
+from seg.files import FileClashError, RunLock, file_sha256, remove_stale_temporaries, write_text_atomically
 from seg.models.segmenter import Segmenter, TrainNet, build_segmenter, input_normalization, model_name
 from seg.viz import image_grid
 
@@ -117,6 +118,8 @@ class Run:
     sampler_start: tuple[int, int] = (0, 0)  # (epoch, batch) the data order starts from
     stop_signal: int = 0  # set by SIGINT / SIGTERM: stop after the current step
     started: float = field(default_factory=time.perf_counter)
+    teacher: Optional[Segmenter] = None  # train.distill_from: in eval mode, never updated
+    teacher_source: Optional[dict] = None  # its path and SHA-256, recorded in every checkpoint
 
     @property
     def main(self) -> bool:
@@ -181,7 +184,7 @@ def _amp_dtype(train_cfg: DictConfig) -> torch.dtype:
 def _checkpoint_path(value: Optional[str], key: str) -> Optional[Path]:
     if value is None:
         return None
-    if key == "train.init_from" and value.startswith("pretrained:"):
+    if key in ("train.init_from", "train.distill_from") and value.startswith("pretrained:"):
         from seg.pretrained import resolve_init_from
 
         value = resolve_init_from(value)  # downloaded and converted once, then from the cache
@@ -281,7 +284,15 @@ def build_training(
     optimizer = torch.optim.SGD(_param_groups(net, t), lr=t.lr, momentum=t.momentum)
     scheduler = build_scheduler(optimizer, t.max_iters, t.poly_power, t.warmup_iters, t.warmup_factor)
     scaler = torch.amp.GradScaler("cuda", enabled=bool(t.amp) and cuda and _amp_dtype(t) == torch.float16)
-    loss = SegmentationLoss(ignore_index, t.class_weights, t.label_smoothing, t.aux_loss_weight, device)
+    loss = SegmentationLoss(
+        ignore_index,
+        t.class_weights,
+        t.label_smoothing,
+        t.aux_loss_weight,
+        device,
+        distill_weight=float(t.distill.weight) if t.distill_from else 0.0,
+        temperature=float(t.distill.temperature),
+    )
     return model, net, optimizer, scheduler, scaler, loss
 
 
@@ -319,7 +330,25 @@ def make_run(
         memory_format=torch.channels_last if (t.channels_last and cuda) else torch.contiguous_format,
     )
     run.train_net = net
+    if t.distill_from:
+        run.teacher, run.teacher_source = load_teacher(cfg, device)
     return run
+
+
+def load_teacher(cfg: DictConfig, device: torch.device) -> tuple[Segmenter, dict]:
+    """`train.distill_from`: the teacher segmenter (eval mode, no gradients) and where it came from.
+    Any backbone, head or output stride of ours; its classes must be the student's."""
+    path = _checkpoint_path(cfg.train.distill_from, "train.distill_from")
+    teacher, stored = load_segmenter(path, map_location=device)
+    if int(stored.model.num_classes) != int(cfg.model.num_classes):
+        raise CheckpointError(
+            f"train.distill_from: {path} predicts {stored.model.num_classes} classes, the student "
+            f"{cfg.model.num_classes}: a teacher must label the same classes"
+        )
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    log.info("distilling from %s (%s, output stride %d)", path, teacher.name, teacher.output_stride)
+    return teacher.to(device).eval(), {"teacher": str(path), "sha256": file_sha256(path)}
 
 
 def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
@@ -343,6 +372,9 @@ def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
     try:
         if init_path is not None:
             adopt_numerics(cfg, init_path, _command_line_keys())
+        if (resume_path or init_path) is not None and (cfg.model.backbone.pretrained or cfg.model.backbone.weights):
+            # The checkpoint's weights replace the encoder's ImageNet start: nothing to fetch.
+            cfg.model.backbone.pretrained = cfg.model.backbone.weights = None
         if main:
             _save_config(cfg, run_dir)
             log.info(
@@ -540,6 +572,7 @@ def _load_resume(run: Run, path: Path) -> None:
             f"{f'; and {len(differences) - 4} more' if len(differences) > 4 else ''}): resume with its model "
             "settings, or start a new run from its weights with train.init_from"
         )
+    _check_same_teacher(state.get("distill"), run.teacher_source, path)
     iteration = int(state["iteration"])
     if iteration > run.cfg.train.max_iters:
         raise CheckpointError(
@@ -563,6 +596,27 @@ def _load_resume(run: Run, path: Path) -> None:
     run.rng_states = state["rng"]
     if run.main:
         log.info("resumed from %s at iteration %d", path, iteration)
+
+
+def _check_same_teacher(recorded: Optional[dict], current: Optional[dict], path: Path) -> None:
+    """A resumed distillation continues with the teacher it started with (same file bytes)."""
+    if recorded is None and current is None:
+        return
+    if recorded is None or current is None:
+        raise CheckpointError(
+            f"train.resume: {path} was trained "
+            + (
+                f"with train.distill_from={recorded['teacher']}: resume with it"
+                if recorded
+                else "without a teacher: resume without train.distill_from"
+            )
+        )
+    if recorded["sha256"] != current["sha256"]:
+        raise CheckpointError(
+            f"train.resume: {path} was distilled from {recorded['teacher']} (sha256 {recorded['sha256'][:16]}), "
+            f"but train.distill_from={current['teacher']} has sha256 {current['sha256'][:16]}: resume with the "
+            "same teacher"
+        )
 
 
 def restore(run: Run) -> None:
@@ -651,7 +705,11 @@ def train_step(run: Run, images: torch.Tensor, masks: torch.Tensor) -> float:
     x = run.model.normalize(images).contiguous(memory_format=run.memory_format)
     with run.autocast:
         logits, aux_logits = run.train_net(x)
-    loss_sum, norm = run.loss(logits, aux_logits, masks)
+        teacher_logits = None
+        if run.teacher is not None:  # on the same augmented crops, normalised as the teacher was trained
+            with torch.no_grad():
+                teacher_logits = run.teacher(run.teacher.normalize(images))
+    loss_sum, norm = run.loss(logits, aux_logits, masks, teacher_logits)
     stats = torch.stack(
         [
             loss_sum.detach().double(),
@@ -771,6 +829,7 @@ def save(run: Run, best: bool = False) -> None:
         "data": {"epoch": epoch, "batch": batch, "batches_per_epoch": run.sampler.batches_per_epoch},
         "rng": rngs,
         "config": OmegaConf.to_yaml(run.cfg, resolve=True),
+        "distill": run.teacher_source,
         "metrics": {
             "val": run.last_metrics,
             "best_miou": run.best_miou,
@@ -852,8 +911,10 @@ def stop_on_signals(run: Run) -> Iterator[None]:
 
 def _resume_command(run: Run) -> str:
     args = [a for a in sys.argv[1:] if not a.startswith(("hydra.run.dir=", "train.resume=", "hydra.output_subdir="))]
-    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "tools/train.py"
-    return shlex.join(["python", script, *args, f"hydra.run.dir={run.run_dir}", "train.resume=auto"])
+    program = sys.argv[0] if sys.argv else ""
+    # `python tools/train.py` (or `python -m seg.commands.train`) from a checkout, `seg-train` installed
+    command = ["python", program] if program.endswith(".py") else [Path(program).name or "seg-train"]
+    return shlex.join([*command, *args, f"hydra.run.dir={run.run_dir}", "train.resume=auto"])
 
 
 def _stopped(run: Run) -> Interrupted:

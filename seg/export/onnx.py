@@ -71,10 +71,9 @@ def export_onnx(
     global_pools(proto)
     matmul = resize_matmul and not dynamic and resize_as_matmul(proto) > 0
     _drop_unused_initializers(proto)
-    if metadata is not None:
+    if metadata is not None:  # what the export did; the exporting pipeline embeds the final metadata once
         metadata["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         metadata["final_resize"] = "matmul" if matmul else "resize"
-        set_onnx_metadata(proto, metadata)
     import onnx
 
     # One file, weights inside: what apps bundle (our models are far below protobuf's 2 GB).
@@ -110,8 +109,30 @@ def set_onnx_metadata(proto: Any, metadata: dict[str, Any]) -> None:
         prop.key, prop.value = key, value
 
 
-def onnx_session(path: str | os.PathLike, threads: Optional[int] = None, spinning: bool = True) -> Any:
-    """An ONNX Runtime CPU session; `threads` sets the intra-op pool (None: ONNX Runtime's default).
+def check_providers(providers: list[str], key: str = "predict.providers") -> list[str]:
+    """`providers` as a list, when every one is available in the installed ONNX Runtime; else
+    ExportError in one line naming the missing ones and those available."""
+    import onnxruntime as ort
+
+    providers = [str(p) for p in providers]
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing:
+        gpu = any(p.startswith(("CUDA", "Tensorrt", "TensorRT")) for p in missing)
+        hint = "; GPU providers need the onnxruntime-gpu package in place of onnxruntime" if gpu else ""
+        raise ExportError(
+            f"{key}={providers}: {', '.join(missing)} not available in onnxruntime {ort.__version__} "
+            f"(available: {', '.join(available)}){hint}"
+        )
+    return providers
+
+
+def onnx_session(
+    path: str | os.PathLike, threads: Optional[int] = None, spinning: bool = True, providers: Optional[list[str]] = None
+) -> Any:
+    """An ONNX Runtime session, on the CPU unless `providers` (execution providers in order of
+    preference, checked with `check_providers`) says otherwise; `threads` sets the intra-op pool
+    (None: ONNX Runtime's default).
 
     `spinning=False` makes the pool's threads sleep as soon as a run ends instead of spinning for
     more work: needed when several sessions take turns on the same cores (benchmarks), where one
@@ -128,8 +149,9 @@ def onnx_session(path: str | os.PathLike, threads: Optional[int] = None, spinnin
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+    providers = check_providers(providers) if providers else ["CPUExecutionProvider"]
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:
         raise ExportError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from exc
 
@@ -137,10 +159,20 @@ def onnx_session(path: str | os.PathLike, threads: Optional[int] = None, spinnin
 class OnnxRunner:
     """Runs an .onnx file: `runner(x)` with the model's input array, returns its first output."""
 
-    def __init__(self, path: str | os.PathLike, threads: Optional[int] = None, spinning: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        threads: Optional[int] = None,
+        spinning: bool = True,
+        providers: Optional[list[str]] = None,
+    ) -> None:
         self.path = Path(path)
-        self.session = onnx_session(path, threads, spinning)
+        self.session = onnx_session(path, threads, spinning, providers)
         self.input_name = self.session.get_inputs()[0].name
+        # A named (or unnamed) first dimension: the model takes a batch of any size.
+        shape = self.session.get_inputs()[0].shape
+        self.batch_dynamic = bool(shape) and not isinstance(shape[0], int)
+        self.providers = list(self.session.get_providers())  # those ONNX Runtime really uses
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]

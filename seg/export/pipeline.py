@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from seg.config import ExportConfig
 from seg.data import DatasetError, build_dataset
 from seg.engine.checkpoint import load_segmenter
 from seg.export.check import compare, format_check, miou, torch_runner
@@ -21,6 +22,7 @@ from seg.export.runtime import ExportedPredictor
 from seg.fastpath import fold_batchnorm
 from seg.files import FileClashError, refuse_overwrite, require_writable, same_or_inside, write_atomically
 
+DEFAULT_FLOAT_MODULES = list(ExportConfig().float_modules)
 FP32_AGREEMENT = 0.999  # argmax agreement an fp32 export must reach against PyTorch
 INT8_AGREEMENT = 0.98  # ... and an int8 export against the fp32 one
 
@@ -30,14 +32,52 @@ def _plain(v: Any) -> Any:
     return None if v is None else str(v)
 
 
+def export_quantize(e: Any) -> Optional[str]:
+    """`export.quantize` as the export runs it: "int8", or None for float32 (`none`); null is the
+    format's default, int8 for web and float32 for the others."""
+    value = _plain(e.quantize)
+    if value is None:
+        return "int8" if _plain(e.format) == "web" else None
+    return None if value == "none" else value
+
+
+def export_output(e: Any) -> str:
+    """`export.output` as the export runs it; null is the format's default, labels for web."""
+    value = _plain(e.output)
+    if value is None:
+        return "labels" if _plain(e.format) == "web" else "logits"
+    return value
+
+
+def export_float_modules(e: Any) -> list[str]:
+    """`export.float_modules` as the int8 export runs it. For web its default (the stem and first
+    block in float: a speed choice for ONNX Runtime's x86 kernels) becomes [], every layer int8: float
+    layers round differently in WebAssembly and on x86, int8 rounding then amplifies it, and the page
+    would agree with ONNX Runtime in Python on ~99.8% of the pixels instead of all. Any other value holds."""
+    modules = [str(m) for m in e.float_modules]
+    if _plain(e.format) == "web" and modules == DEFAULT_FLOAT_MODULES:
+        return []
+    return modules
+
+
+def export_preprocessing(e: Any) -> bool:
+    """Whether the normalisation is inside the model: `export.include_preprocessing`, always for
+    web (the page feeds the image's bytes)."""
+    return bool(e.include_preprocessing) or _plain(e.format) == "web"
+
+
 def default_path(checkpoint: Path, cfg: DictConfig) -> Path:
     """Beside the checkpoint, named after it and the options: best.onnx, best-rgb8-labels.int8.onnx, ..."""
     e = cfg.export
+    if _plain(e.format) == "web":
+        from seg.export.web import default_web_path
+
+        return default_web_path(checkpoint, export_quantize(e) == "int8")
     name = checkpoint.stem
     name += "-dynamic" if e.dynamic else ""
     name += "-rgb8" if e.include_preprocessing else ""
-    name += "-labels" if _plain(e.output) == "labels" else ""
-    name += ".int8" if _plain(e.quantize) == "int8" else ""
+    name += "-labels" if export_output(e) == "labels" else ""
+    name += ".int8" if export_quantize(e) == "int8" else ""
     suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "tflite": ".tflite"}[_plain(e.format)]
     return checkpoint.with_name(name + suffix)
 
@@ -54,11 +94,12 @@ def _samples(dataset_cfg: Any, split: str, count: Optional[int]) -> list[tuple[n
 
 def _validate(cfg: DictConfig) -> None:
     e = cfg.export
-    fmt, quantize = _plain(e.format), _plain(e.quantize)
-    if quantize and fmt != "onnx":
-        raise ExportError(f"export.quantize={quantize} is for export.format=onnx (got format {fmt})")
-    if fmt == "tflite" and e.dynamic:
-        raise ExportError("export.dynamic=true is not supported for export.format=tflite (static size only)")
+    fmt, quantize = _plain(e.format), export_quantize(e)
+    if quantize and fmt not in ("onnx", "web"):
+        raise ExportError(f"export.quantize={quantize} is for export.format=onnx or web (got format {fmt})")
+    if fmt in ("tflite", "web") and e.dynamic:
+        why = "the page letterboxes images into the static input" if fmt == "web" else "static size only"
+        raise ExportError(f"export.dynamic=true is not supported for export.format={fmt} ({why})")
     if e.input_size < 32:
         raise ExportError(f"export.input_size must be at least 32, got {e.input_size}")
     if e.check_images < 1:
@@ -110,11 +151,19 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
         raise ExportError("checkpoint=PATH is required: the checkpoint to export")
     _validate(cfg)
     e = cfg.export
-    fmt, quantize, output = _plain(e.format), _plain(e.quantize), _plain(e.output)
-    labels = output == "labels"
+    fmt, quantize, output = _plain(e.format), export_quantize(e), export_output(e)
+    labels, preprocessing = output == "labels", export_preprocessing(e)
     checkpoint = Path(cfg.checkpoint)
     path = Path(e.path) if e.path else default_path(checkpoint, cfg)
-    _check_destination(path, checkpoint, bool(e.overwrite))
+    ort_web = None
+    if fmt == "web":  # before any work: the page's files and ONNX Runtime Web's are there
+        from seg.export.web import check_web_destination, check_web_sources, ort_web_dist
+
+        check_web_sources()
+        ort_web = ort_web_dist()
+        check_web_destination(path, checkpoint, bool(e.overwrite))
+    else:
+        _check_destination(path, checkpoint, bool(e.overwrite))
     model, stored = load_segmenter(checkpoint)
     dataset_cfg = cfg.dataset if keep_dataset else stored.dataset
     normalization = "custom" if stored.model.get("pixel_mean") is not None else _plain(stored.model.normalization)
@@ -125,15 +174,15 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
         model=model,
         normalization=normalization,
         input_size=None if e.dynamic else int(e.input_size),
-        include_preprocessing=bool(e.include_preprocessing),
+        include_preprocessing=preprocessing,
         output=output,
         checkpoint=checkpoint,
         model_cfg=stored.model,
         quantize=quantize,
         opset=e.opset,
     )
-    reference = ExportWrapper(model, e.include_preprocessing, labels)
-    exportable = ExportWrapper(fold_batchnorm(model), e.include_preprocessing, labels).eval()
+    reference = ExportWrapper(model, preprocessing, labels)
+    exportable = ExportWrapper(fold_batchnorm(model), preprocessing, labels).eval()
 
     # Real inputs, prepared exactly as predict prepares them (letterboxed for a static size).
     prepare = ExportedPredictor(lambda x: x, metadata).prepare
@@ -155,8 +204,8 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
     report: dict[str, Any] = {"path": str(path), "format": fmt, "quantize": quantize}
     # Built and checked in a work folder; only a file that passed its checks reaches export.path.
     with tempfile.TemporaryDirectory(prefix="seg-export-") as tmp:
-        built = Path(tmp) / path.name
-        if fmt == "onnx":
+        built = Path(tmp) / ("model.onnx" if fmt == "web" else path.name)
+        if fmt in ("onnx", "web"):
             from seg.export.onnx import OnnxRunner, export_onnx
 
             fp32_path = Path(tmp) / "fp32.onnx" if quantize else built
@@ -165,7 +214,7 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
         elif fmt == "torchscript":
             from seg.export.torchscript import TorchScriptRunner, export_torchscript
 
-            export_torchscript(exportable, built, sample, metadata)
+            export_torchscript(exportable, built, sample)  # metadata embedded once, below
             runner = TorchScriptRunner(built)
         else:
             from seg.export.tflite import TFLiteRunner, export_tflite
@@ -196,16 +245,32 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
             )
         metadata["check"] = report.get("int8_check", report["check"])
         metadata["check"]["images"] = len(inputs)
-        _embed_metadata(built, fmt, metadata)  # the file alone says the same as the JSON beside it
-        _move_into_place(built, path)
-    write_metadata(path, metadata)
-    size_mb = path.stat().st_size / 2**20
+        if fmt == "web":
+            from seg.export.web import ort_web_version, write_web_app
+
+            metadata["runtime"] = {"onnxruntime-web": ort_web_version(ort_web)}
+            _embed_metadata(built, "onnx", metadata)
+            write_web_app(path, built, metadata, ort_web)
+        else:
+            _embed_metadata(built, fmt, metadata)  # the file alone says the same as the JSON beside it
+            _move_into_place(built, path)
+    if fmt == "web":
+        from seg.export.web import MODEL_NAME, folder_size_mb
+
+        size_mb = (path / MODEL_NAME).stat().st_size / 2**20
+        report["folder_mb"] = folder_size_mb(path)
+    else:
+        write_metadata(path, metadata)
+        size_mb = path.stat().st_size / 2**20
     size_text = "dynamic" if e.dynamic else f"{e.input_size}x{e.input_size}"
     print(
         f"exported {checkpoint} -> {path} ({fmt}{', int8' if quantize else ''}, {size_text}, "
-        f"{'uint8 RGB NHWC' if e.include_preprocessing else 'float NCHW'} in, {output} out, {size_mb:.1f} MB)"
+        f"{'uint8 RGB NHWC' if preprocessing else 'float NCHW'} in, {output} out, {size_mb:.1f} MB)"
     )
-    print(f"metadata: {path}.json")
+    if fmt == "web":
+        print(f"web app: {path}/index.html; open it with: python tools/serve.py {path}")
+    else:
+        print(f"metadata: {path}.json")
     report["size_mb"] = size_mb
     return report
 
@@ -239,14 +304,16 @@ def _quantize(
         calibration = _samples(dataset_cfg, "train", e.calibration_images)
     except DatasetError as exc:
         raise DatasetError(f"{exc} (int8 calibration needs the dataset's train images)") from exc
-    metadata["float_modules"] = list(e.float_modules)
-    quantize_int8(fp32_path, path, [prepare(image)[0] for image, _ in calibration], metadata, list(e.float_modules))
+    float_modules = export_float_modules(e)
+    metadata["float_modules"] = float_modules
+    quantize_int8(fp32_path, path, [prepare(image)[0] for image, _ in calibration], float_modules)
     int8 = OnnxRunner(path)
-    labels = _plain(e.output) == "labels"
+    labels = export_output(e) == "labels"
     vs_torch = compare(torch_runner(reference), int8, inputs, labels, valid)
     vs_fp32 = compare(fp32_runner, int8, inputs, labels, valid)
-    print(format_check("check onnx int8 vs PyTorch", vs_torch))
-    print(format_check("check onnx int8 vs fp32", vs_fp32))
+    fmt = _plain(e.format)  # onnx, or web (an ONNX model too)
+    print(format_check(f"check {fmt} int8 vs PyTorch", vs_torch))
+    print(format_check(f"check {fmt} int8 vs fp32", vs_fp32))
     out: dict[str, Any] = {
         "calibration_images": len(calibration),
         "int8_check": {**vs_torch, "agreement_vs_fp32": vs_fp32["agreement"]},

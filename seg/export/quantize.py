@@ -114,7 +114,6 @@ def quantize_int8(
     fp32_path: str | os.PathLike,
     out_path: str | os.PathLike,
     calibration_inputs: Sequence[np.ndarray],
-    metadata: Optional[dict[str, Any]] = None,
     float_modules: Sequence[str] = (),
 ) -> Path:
     """Quantize the float model at `fp32_path` to `out_path`, calibrating activation ranges on
@@ -173,9 +172,5 @@ def quantize_int8(
         except Exception as exc:
             raise ExportError(f"int8 quantization failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     model = onnx.load(str(out_path))
-    if metadata is not None:
-        from seg.export.onnx import set_onnx_metadata
-
-        set_onnx_metadata(model, metadata)
-    onnx.save_model(model, str(out_path), save_as_external_data=False)
+    onnx.save_model(model, str(out_path), save_as_external_data=False)  # one file, weights inside
     return out_path

@@ -9,6 +9,13 @@ in strips of rows, so a very large image never holds full-size logits in memory;
 segmenter hands over its logits before its own final resize, which the strips apply too, so not
 even max_size^2 x classes floats are held.
 
+With tiling (`predict.tile=true`), an image larger than the tile is segmented at full
+resolution by a sliding window (`sliding_window_labels`): overlapping tiles, each tile's softmax
+probabilities weighted by a window that favours the tile's centre (`tile_window`: a Gaussian),
+summed, then the argmax. Rows are finished band by band, so
+besides the image and its labels only one band of class probabilities (classes x tile height x
+image width floats) and one batch of tiles are ever held.
+
 A model file given in the wrong place is told apart by its bytes (`sniff_model_file`), never by
 loading it: a training checkpoint where an exported model belongs is refused in one line.
 """
@@ -152,6 +159,75 @@ def upsample_argmax(
     return out
 
 
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Where the tiles of a sliding window start along one side of `length` pixels: every
+    `tile * (1 - overlap)` pixels (at least 1), the last one flush with the end."""
+    if length <= tile:
+        return [0]
+    stride = max(1, int(tile * (1.0 - overlap)))
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def tile_window(height: int, width: int) -> torch.Tensor:
+    """[height, width] blending weights of one tile: a Gaussian centred on the tile, sigma = 1/8
+    of its side (as nnU-Net blends its patches): 1 at the centre, exp(-8) at the edges (never 0),
+    so where tiles overlap the pixel goes to the tile it lies deepest in, away from the zero
+    padding at that tile's border. Measured on a model with no global pooling: 99.93-100% of
+    pixels as untiled at overlap 0.25-0.5, against 99.2-99.8% with a linear tent, 95-98% with
+    plain averaging."""
+
+    def gaussian(n: int) -> torch.Tensor:
+        offset = torch.arange(n, dtype=torch.float32) - (n - 1) / 2
+        return torch.exp(-0.5 * (offset / (n / 8)) ** 2)
+
+    return gaussian(height)[:, None] * gaussian(width)[None, :]
+
+
+TileProbs = Callable[[list[np.ndarray]], torch.Tensor]
+
+
+def sliding_window_labels(
+    image: np.ndarray, tile_probs: TileProbs, tile: int | tuple[int, int], overlap: float, batch_size: int = 1
+) -> np.ndarray:
+    """Labels (uint8 HxW) of `image` by a sliding window at full resolution.
+
+    `tile_probs(tiles)` takes a list of HxWx3 uint8 tiles of one size and returns their class
+    probabilities [N, C, h, w] (float, CPU). Tiles of `tile` = size or (height, width) (the image's
+    own side where it is smaller) overlap by `overlap` of a tile; each tile's probabilities are
+    weighted by `tile_window` and summed, and the argmax of the sum is the label. Tiles go to
+    `tile_probs` `batch_size` at a time, one row of tiles after another; a row of output is
+    finished as soon as no later tile covers it, so only one band of sums (C x tile height x
+    image width floats) is held."""
+    height, width = image.shape[:2]
+    tile_h, tile_w = (tile, tile) if isinstance(tile, (int, np.integer)) else (int(tile[0]), int(tile[1]))
+    th, tw = min(tile_h, height), min(tile_w, width)
+    ys, xs = tile_starts(height, th, overlap), tile_starts(width, tw, overlap)
+    window = tile_window(th, tw)
+    out = np.empty((height, width), dtype=np.uint8)
+    band: Optional[torch.Tensor] = None  # weighted sums of rows y .. y + th of the current tile row
+    for i, y in enumerate(ys):
+        for b0 in range(0, len(xs), max(1, batch_size)):
+            chunk = xs[b0 : b0 + max(1, batch_size)]
+            probs = tile_probs([image[y : y + th, x : x + tw] for x in chunk])
+            if band is None:
+                band = torch.zeros(probs.shape[1], th, width, dtype=torch.float32)
+            for k, x in enumerate(chunk):
+                band[:, :, x : x + tw] += probs[k].float() * window
+            del probs
+        done = (ys[i + 1] if i + 1 < len(ys) else height) - y  # rows no later tile covers
+        out[y : y + done] = band[:, :done].argmax(0).to(torch.uint8).numpy()
+        if done < th:  # the rows the next tile row covers too move up; the rest start at 0
+            band[:, : th - done] = band[:, done:].clone()
+        band[:, th - done :] = 0
+    return out
+
+
+def softmax_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities of logits [N, C, H, W] as float32 on the CPU."""
+    return torch.softmax(logits.float(), dim=1).cpu()
+
+
 def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
     if labels.shape == (height, width):
         return labels
@@ -160,27 +236,81 @@ def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
 
 class TorchPredictor:
     """Image -> labels with a PyTorch segmenter (at the image's size, capped at `max_size`),
-    normalised as the model says (`model.normalize`)."""
+    normalised as the model says (`model.normalize`), on `device` (the model must be there).
 
-    def __init__(self, model: nn.Module, max_size: int = 2048) -> None:
+    `predict_batch(images)` runs images of the same model input size in one forward (results equal
+    to one at a time). With `tile_size`, an image with a side over it is segmented at full
+    resolution by a sliding window (`sliding_window_labels`, `batch_size` tiles a forward) and
+    every other image at its own size: `max_size` no longer applies."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        max_size: int = 2048,
+        device: str | torch.device = "cpu",
+        tile_size: Optional[int] = None,
+        tile_overlap: float = 0.25,
+        batch_size: int = 1,
+    ) -> None:
         self.model = model
         self.max_size = max_size
+        self.device = torch.device(device)
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
+        self.batch_size = max(1, int(batch_size))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.predict_batch([image])[0]
+
+    def _model_size(self, image: np.ndarray) -> tuple[int, int]:
         height, width = image.shape[:2]
-        size = fit_size(height, width, self.max_size)
-        scaled = resize_image(image, *size)
-        x = self.model.normalize(torch.from_numpy(np.ascontiguousarray(scaled)).permute(2, 0, 1)[None])
+        return (height, width) if self.tile_size else fit_size(height, width, self.max_size)
+
+    def tiled(self, image: np.ndarray) -> bool:
+        """Whether `image` is segmented by a sliding window."""
+        return bool(self.tile_size) and max(image.shape[:2]) > self.tile_size
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Labels of each image; images with the same model input size share one forward."""
+        out: list[Optional[np.ndarray]] = [None] * len(images)
+        groups: dict[tuple[tuple[int, int], bool], list[int]] = {}
+        for i, image in enumerate(images):
+            if self.tiled(image):
+                out[i] = sliding_window_labels(image, self.tile_probs, self.tile_size, self.tile_overlap,
+                                               self.batch_size)  # fmt: skip
+                continue
+            size = self._model_size(image)
+            groups.setdefault((size, size == image.shape[:2]), []).append(i)
+        for (size, same), indices in groups.items():
+            for labels, i in zip(self._forward([images[i] for i in indices], size, same), indices):
+                out[i] = labels
+        return out  # type: ignore[return-value]
+
+    def _input(self, images: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+        scaled = [resize_image(image, *size) for image in images]
+        batch = np.ascontiguousarray(scaled[0][None] if len(scaled) == 1 else np.stack(scaled))
+        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2)
+        return self.model.normalize(x)
+
+    def _forward(self, images: list[np.ndarray], size: tuple[int, int], same: bool) -> list[np.ndarray]:
+        x = self._input(images, size)
         # An image larger than the model's input: the segmenter's logits before its final resize,
         # which upsample_argmax applies strip by strip (never holding max_size^2 x classes floats).
-        parts = _segmenter_parts(self.model) if size != (height, width) else None
+        parts = None if same else _segmenter_parts(self.model)
         with torch.inference_mode():
             if parts is None:
-                logits = self.model(x)
-                return upsample_argmax(logits[0], height, width)
+                logits = self.model(x).cpu()
+                return [upsample_argmax(logits[k], *image.shape[:2]) for k, image in enumerate(images)]
             low_res, align_corners = parts
-            logits = low_res(x)
-        return upsample_argmax(logits[0], height, width, via=(*size, align_corners))
+            logits = low_res(x).cpu()
+        return [upsample_argmax(logits[k], *image.shape[:2], via=(*size, align_corners))
+                for k, image in enumerate(images)]  # fmt: skip
+
+    def tile_probs(self, tiles: list[np.ndarray]) -> torch.Tensor:
+        """Class probabilities [N, C, h, w] (CPU) of same-size tiles, each at its own resolution."""
+        x = self._input(tiles, tiles[0].shape[:2])
+        with torch.inference_mode():
+            return softmax_probs(self.model(x))
 
 
 def _segmenter_parts(model: nn.Module) -> Optional[tuple[Callable[[torch.Tensor], torch.Tensor], bool]]:
@@ -210,10 +340,23 @@ class ExportedPredictor:
     raw RGB uint8 NHWC when the normalisation is inside (our exports with it, quantized TF Lite files).
     Outputs: logits NCHW (ours) or NHWC (TF Lite's), or class ids [N, H, W] of any integer type."""
 
-    def __init__(self, runner: Runner, metadata: dict[str, Any], max_size: int = 2048) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        metadata: dict[str, Any],
+        max_size: int = 2048,
+        tile_size: Optional[int] = None,
+        tile_overlap: float = 0.25,
+    ) -> None:
         self.runner = runner
         self.meta = metadata
         self.max_size = max_size
+        self.tile_overlap = tile_overlap
+        # Tiles: a static-size model's own input size, else `tile_size` square (None: no tiling).
+        self.tile: Optional[tuple[int, int]] = None
+        if tile_size:
+            static = self.static_size
+            self.tile = static if static else (int(tile_size), int(tile_size))
         self.nhwc_in = metadata["input"].get("layout") == "NHWC"
         self.nhwc_out = metadata["output"].get("layout") == "NHWC"
         # The model's own normalisation, as its metadata records it (0..255 units).
@@ -240,14 +383,68 @@ class ExportedPredictor:
         scaled = resize_image(image, *fit_size(*image.shape[:2], self.max_size))
         return self.model_input(scaled), scaled.shape[:2]
 
+    @property
+    def static_size(self) -> Optional[tuple[int, int]]:
+        """(height, width) of a static-size model's input; None when its size is dynamic."""
+        height = self.meta["input"]["height"]
+        return (int(height), int(self.meta["input"].get("width") or height)) if height else None
+
+    @property
+    def batchable(self) -> bool:
+        """Whether several images go through in one run: a static-size model whose batch dimension
+        is dynamic (our own exports have batch 1: they run one image at a time)."""
+        return self.static_size is not None and bool(getattr(self.runner, "batch_dynamic", False))
+
+    def tiled(self, image: np.ndarray) -> bool:
+        """Whether `image` is segmented by a sliding window."""
+        return self.tile is not None and (image.shape[0] > self.tile[0] or image.shape[1] > self.tile[1])
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        height, width = image.shape[:2]
-        x, (h, w) = self.prepare(image)
-        out = self.runner(x)[0]
+        if self.tiled(image):
+            return sliding_window_labels(image, self.tile_probs, self.tile, self.tile_overlap)  # type: ignore[arg-type]
+        x, valid = self.prepare(image)
+        return self._labels(self.runner(x)[0], valid, image.shape[:2])
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Labels of each image: in one run when the model takes a batch (`batchable`), else one
+        image at a time."""
+        if not self.batchable or len(images) < 2 or any(self.tiled(image) for image in images):
+            return [self(image) for image in images]
+        prepared = [self.prepare(image) for image in images]
+        out = self.runner(np.concatenate([x for x, _ in prepared]))
+        return [self._labels(out[k], prepared[k][1], image.shape[:2]) for k, image in enumerate(images)]
+
+    def _output(self, out: np.ndarray, valid: tuple[int, int]) -> np.ndarray:
+        """The image part of one output: labels [h, w], or logits [C, h, w]."""
+        h, w = valid
         if self.meta["output"]["kind"] == "labels":
-            return resize_labels(np.ascontiguousarray(out[:h, :w]).astype(np.uint8), height, width)
-        part = out[:h, :w].transpose(2, 0, 1) if self.nhwc_out else out[:, :h, :w]
-        return upsample_argmax(torch.from_numpy(np.ascontiguousarray(part)), height, width)
+            return np.ascontiguousarray(out[:h, :w]).astype(np.uint8)
+        return np.ascontiguousarray(out[:h, :w].transpose(2, 0, 1) if self.nhwc_out else out[:, :h, :w])
+
+    def _labels(self, out: np.ndarray, valid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+        part = self._output(out, valid)
+        if self.meta["output"]["kind"] == "labels":
+            return resize_labels(part, *size)
+        return upsample_argmax(torch.from_numpy(part), *size)
+
+    def tile_probs(self, tiles: list[np.ndarray]) -> torch.Tensor:
+        """Class probabilities [N, C, h, w] of same-size tiles at their own resolution: a static
+        model sees each tile padded to its input size (never scaled: tiles are that size or less);
+        a labels-only model gives one-hot probabilities (its votes)."""
+        probs = []
+        for tile in tiles:
+            if self.static_size:
+                canvas, valid = letterbox(np.ascontiguousarray(tile), self.static_size, self.pad_value)
+                part = self._output(self.runner(self.model_input(canvas))[0], valid)
+            else:
+                part = self._output(self.runner(self.model_input(np.ascontiguousarray(tile)))[0], tile.shape[:2])
+            if self.meta["output"]["kind"] == "labels":
+                classes = len(self.meta.get("class_names") or []) or 256
+                votes = torch.from_numpy(np.minimum(part, classes - 1)).long()
+                probs.append(F.one_hot(votes, classes).permute(2, 0, 1).float())
+            else:
+                probs.append(softmax_probs(torch.from_numpy(part)[None])[0])
+        return torch.stack(probs)
 
 
 # The start of a torch.save file in the legacy (pre-zip) format: pickle protocol 2, then torch's
@@ -297,17 +494,25 @@ def refuse_checkpoint(path: str | os.PathLike) -> None:
         )
 
 
-def load_runner(path: str | os.PathLike, threads: Optional[int] = None) -> Runner:
+def load_runner(
+    path: str | os.PathLike, threads: Optional[int] = None, providers: Optional[list[str]] = None
+) -> Runner:
     """The runner for an exported file, chosen by its suffix (.onnx, .tflite, else TorchScript).
-    A training checkpoint is refused before anything loads it."""
+    A training checkpoint is refused before anything loads it. `providers`: ONNX Runtime's
+    execution providers, in order (ONNX models only; None: CPU)."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"model not found (no such file): {path}")
     refuse_checkpoint(path)
+    if providers and path.suffix != ".onnx":
+        raise ExportError(
+            f"providers={list(providers)} are ONNX Runtime's execution providers: they apply to an .onnx model, "
+            f"not to {path}"
+        )
     if path.suffix == ".onnx":
         from seg.export.onnx import OnnxRunner
 
-        return OnnxRunner(path, threads)
+        return OnnxRunner(path, threads, providers=providers)
     if path.suffix == ".tflite":
         from seg.export.tflite import TFLiteRunner
 
@@ -319,11 +524,18 @@ def load_runner(path: str | os.PathLike, threads: Optional[int] = None) -> Runne
     raise ExportError(f"{path}: unknown model file type (expected .onnx, .tflite or a TorchScript .pt)")
 
 
-def load_exported(path: str | os.PathLike, threads: Optional[int] = None, max_size: int = 2048) -> ExportedPredictor:
+def load_exported(
+    path: str | os.PathLike,
+    threads: Optional[int] = None,
+    max_size: int = 2048,
+    providers: Optional[list[str]] = None,
+    tile_size: Optional[int] = None,
+    tile_overlap: float = 0.25,
+) -> ExportedPredictor:
     """An ExportedPredictor for a file written by tools/export.py (its metadata tells how to feed it),
     or for an official TF Lite segmentation file (no metadata of ours: read from the file itself,
-    `official_tflite_metadata`)."""
-    runner = load_runner(path, threads)
+    `official_tflite_metadata`). `providers`: see `load_runner`; `tile_size`: see ExportedPredictor."""
+    runner = load_runner(path, threads, providers)
     metadata = read_metadata(path)
     if metadata is None and Path(path).suffix == ".tflite":
         from seg.export.tflite import official_tflite_metadata
@@ -334,4 +546,4 @@ def load_exported(path: str | os.PathLike, threads: Optional[int] = None, max_si
         raise ExportError(
             f"{path}: no metadata (expected {path}.json beside it, or ONNX metadata); export it with tools/export.py"
         )
-    return ExportedPredictor(runner, metadata, max_size)
+    return ExportedPredictor(runner, metadata, max_size, tile_size, tile_overlap)

@@ -66,10 +66,10 @@ class Classifier(nn.Module):
         return self.top(self.encoder(x)["out"])
 
 
-def build_classifier(backbone_cfg: DictConfig, num_classes: int = 1000) -> Classifier:
+def build_classifier(backbone_cfg: DictConfig, num_classes: int = 1000, start_weights: bool = True) -> Classifier:
     """The classification form of the encoder a `model.backbone` config describes (output stride 32,
     as the classification networks are)."""
     from seg.models.segmenter import build_backbone
 
-    encoder = build_backbone(backbone_cfg, output_stride=32)
+    encoder = build_backbone(backbone_cfg, output_stride=32, start_weights=start_weights)
     return Classifier(encoder, encoder.classification_top(num_classes))

@@ -16,7 +16,7 @@ from torch import nn
 from seg.config import ChannelRounding
 from seg.models.classifier import ClassificationTop
 from seg.models.layers import ConvBNAct, Encoder, InvertedResidual, make_divisible
-from seg.models.weights import load_imagenet_weights, torchvision_features_keys
+from seg.models.weights import load_imagenet_weights, no_published_width, torchvision_features_keys
 
 # (expansion t, output channels c, repeats n, first stride s): Table 2 of the paper.
 INVERTED_RESIDUAL_SETTING = [
@@ -113,6 +113,8 @@ def mobilenet_v2(
     torchvision's published weights through its weights API (only depth multiplier 1.0 exists).
     `bn_eps` (default 1e-5) and `tf_same_padding` reproduce TensorFlow checkpoints' numerics.
     """
+    if pretrained is not None and weights is None and depth_multiplier != 1.0:
+        raise no_published_width("MobileNetV2", depth_multiplier, "1.0")
     model = MobileNetV2(depth_multiplier, output_stride, channel_rounding, bn_eps, tf_same_padding)
     if weights is not None or pretrained is not None:
         load_imagenet_weights(

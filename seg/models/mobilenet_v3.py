@@ -18,7 +18,7 @@ from torch import nn
 from seg.config import ChannelRounding
 from seg.models.classifier import ClassificationTop
 from seg.models.layers import ConvBNAct, Encoder, InvertedResidual, make_divisible
-from seg.models.weights import conv_bn_keys, load_imagenet_weights, torchvision_features_keys
+from seg.models.weights import conv_bn_keys, load_imagenet_weights, no_published_width, torchvision_features_keys
 
 
 class BlockSpec(NamedTuple):
@@ -134,6 +134,9 @@ def _build(
     tf_same_padding: bool,
 ) -> MobileNetV3:
     ChannelRounding(channel_rounding)  # validates the value; both modes round to multiples of 8
+    if pretrained is not None and weights is None and depth_multiplier != 1.0:
+        family = {"mobilenet_v3_large": "MobileNetV3-Large", "mobilenet_v3_small": "MobileNetV3-Small"}[arch]
+        raise no_published_width(family, depth_multiplier, "1.0")
     hidden = 1024 if arch == "mobilenet_v3_small" else 1280  # Tables 1 and 2
     model = MobileNetV3(specs, depth_multiplier, output_stride, bn_eps, tf_same_padding, hidden)
     if weights is not None or pretrained is not None:

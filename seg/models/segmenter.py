@@ -133,9 +133,13 @@ def _builder_arguments(node: Any, key: str, builders: Mapping[str, Callable[...,
     return builders[target], values
 
 
-def build_backbone(backbone_cfg: Any, output_stride: int) -> nn.Module:
-    """The encoder a `model.backbone` config describes, built by one of BACKBONE_BUILDERS."""
+def build_backbone(backbone_cfg: Any, output_stride: int, start_weights: bool = True) -> nn.Module:
+    """The encoder a `model.backbone` config describes, built by one of BACKBONE_BUILDERS.
+    `start_weights=False` leaves out its ImageNet start (`pretrained`, `weights`): for counting,
+    timing, or weights loaded next from a checkpoint, nothing is fetched."""
     builder, kwargs = _builder_arguments(backbone_cfg, "model.backbone", BACKBONE_BUILDERS)
+    if not start_weights:
+        kwargs.update(pretrained=None, weights=None)
     return builder(**kwargs, output_stride=output_stride)
 
 
@@ -164,12 +168,13 @@ def input_normalization(model_cfg: Any) -> tuple[tuple[float, ...], tuple[float,
     )
 
 
-def build_segmenter(model_cfg: DictConfig) -> Segmenter:
+def build_segmenter(model_cfg: DictConfig, start_weights: bool = True) -> Segmenter:
     """Build the segmenter a `model` config describes: backbone and head by their `_target_`, which
-    must name one of this package's builders (BACKBONE_BUILDERS, HEAD_BUILDERS)."""
+    must name one of this package's builders (BACKBONE_BUILDERS, HEAD_BUILDERS). `start_weights`:
+    see `build_backbone`."""
     if model_cfg.output_stride not in (8, 16, 32):
         raise ConfigError(f"model.output_stride must be 8, 16 or 32, got {model_cfg.output_stride}")
-    backbone = build_backbone(model_cfg.backbone, model_cfg.output_stride)
+    backbone = build_backbone(model_cfg.backbone, model_cfg.output_stride, start_weights)
     head_builder, head_kwargs = _builder_arguments(model_cfg.head, "model.head", HEAD_BUILDERS)
     head = head_builder(
         in_channels=dict(backbone.channels),

@@ -364,8 +364,9 @@ def load_tflite_weights(model: nn.Module, found: TfliteDeepLab) -> dict[str, str
         state[f"{prefix}.bn.running_var"] = torch.full((bn.num_features,), 1.0 - bn.eps)  # sqrt(var + eps) = 1
         mapping[prefix] = conv.name
     if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise WeightsError(
-            f"{found.path} does not match MobileNetV2 + the image-level head:\n  " + "\n  ".join(problems)
+            f"{found.path} does not match MobileNetV2 + the image-level head: {'; '.join(problems[:3])}{more}"
         )
     state["head.classifier.weight"] = torch.from_numpy(found.logits.weight)
     state["head.classifier.bias"] = torch.from_numpy(found.logits.bias)

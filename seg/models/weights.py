@@ -107,6 +107,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def no_published_width(family: str, depth_multiplier: float, published: str) -> WeightsError:
+    """The error for `pretrained=imagenet` at a width torchvision does not publish."""
+    return WeightsError(
+        f"model.backbone.pretrained=imagenet: torchvision publishes ImageNet {family} weights only at depth "
+        f"multiplier {published}, not {depth_multiplier:g}: pass a state_dict of this width with "
+        "model.backbone.weights=FILE, or start from scratch with model.backbone.pretrained=null"
+    )
+
+
 def load_imagenet_weights(
     model: nn.Module,
     arch: str,
@@ -129,7 +138,9 @@ def load_imagenet_weights(
         state_dict = get_weight(enum_name).get_state_dict(progress=True)
     except Exception as exc:  # offline, or a blocked download
         raise WeightsError(
-            f"could not fetch torchvision's {enum_name} ({exc}). Download it where there is network "
-            f"access and pass the file with model.backbone.weights=/path/to/{arch}.pth"
+            f"could not fetch torchvision's ImageNet weights {enum_name} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}): download them where there is network access and pass "
+            f"the file with model.backbone.weights=/path/to/{arch}.pth, or start from scratch with "
+            "model.backbone.pretrained=null"
         ) from exc
     load_torchvision_state_dict(model, state_dict, arch, key_map, enum_name, mismatch_hint)
