@@ -18,21 +18,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from seg.commands import config_dir
 from seg.errors import ConfigError
 
 PathLike = str | os.PathLike
-
-
-def config_dir() -> Path:
-    """The Hydra config folder: the one installed with the package (`seg/conf`), else the
-    checkout's `conf/`."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("seg.conf")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(location) / "config.yaml").is_file():
-            return Path(location)
-    return Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose(overrides: Sequence[str] = ()) -> Any:

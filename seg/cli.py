@@ -74,6 +74,16 @@ def one_line_errors(main: F) -> F:
     return run  # type: ignore[return-value]
 
 
+def command_line_keys() -> set[str]:
+    """The config keys set on the command line (`key=value`, `+key=...`, `~key`), under Hydra; none
+    through the Python API."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task}
+
+
 def check_run_dir(argv: list[str] | None = None) -> None:
     """Fail in one line, before Hydra starts, when the run directory (`hydra.run.dir`, default under
     `outputs/`) cannot be created: Hydra would report it with a traceback."""

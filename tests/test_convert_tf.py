@@ -167,3 +167,16 @@ def test_archive_without_a_model_names_what_it_holds(tmp_path):
     archive = _tar(tmp_path / "other.tar.gz", {"release/README": tmp_path / "README"})
     with pytest.raises(WeightsError, match=r"no frozen_inference_graph.pb .*it holds: release/README"):
         convert_source(archive)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_prefix_converts_with_the_architecture_read_from_it(releases):
+    from seg.models.official import convert_source
+    from seg.models.tf_weights import sha256
+
+    image, tf_logits, _, prefix = releases[(1.0, 16, (513, 513))]
+    state = convert_source(prefix)
+    model_cfg = OmegaConf.create(state["config"]).model
+    assert model_cfg.backbone.depth_multiplier == 1.0 and model_cfg.output_stride == 16
+    assert state["provenance"]["sha256"] == sha256(prefix) and state["provenance"]["format"] == "tf_checkpoint"
+    assert np.abs(run_converted(state, image, 16) - tf_logits).max() < 1e-4

@@ -231,7 +231,7 @@ def test_init_from_adopts_the_checkpoints_numerics_or_warns_when_the_user_set_ot
     assert not any(r.levelno >= logging.WARNING and "init_from" in r.getMessage() for r in caplog.records)
 
     # model.normalization given on the command line: kept, with a warning.
-    monkeypatch.setattr("seg.engine.trainer._command_line_keys", lambda: {"model.normalization"})
+    monkeypatch.setattr("seg.engine.trainer.command_line_keys", lambda: {"model.normalization"})
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="seg.engine.trainer"):
         train(compose_config(*args), tmp_path / "run")

@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Optional
 
 from omegaconf import OmegaConf
 
@@ -33,17 +34,29 @@ CONFIG_NAME = "config"
 SCHEMA_SUFFIX = "_schema"  # seg/config.py's ConfigStore nodes (config_schema, head/lraspp_schema, ...)
 
 
+def _packaged_conf() -> Optional[Path]:
+    """The folder of the package `seg.conf` (the wheel's seg/conf/, or the checkout's conf/ through
+    an editable install), or None when it is not importable."""
+    try:
+        spec = importlib.util.find_spec("seg.conf")
+    except ImportError:
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "config.yaml").is_file():
+            return Path(location)
+    return None
+
+
+def config_dir() -> Path:
+    """The Hydra config folder: `seg.conf`'s, else the checkout's conf/ beside seg/ (seg imported
+    from a checkout it was not installed from, or installed before conf/ became a package)."""
+    return _packaged_conf() or Path(__file__).resolve().parents[2] / "conf"
+
+
 def config_path() -> str:
     """Hydra's `config_path` for every command: the package `seg.conf` once installed (wheel or
-    editable), else the checkout's conf/ beside seg/ (seg imported from a checkout it was not
-    installed from, or installed before conf/ became a package)."""
-    try:
-        found = importlib.util.find_spec("seg.conf") is not None
-    except ImportError:
-        found = False
-    if found:
-        return "pkg://seg.conf"
-    return str(Path(__file__).resolve().parents[2] / "conf")
+    editable), else the folder `config_dir` finds."""
+    return "pkg://seg.conf" if _packaged_conf() is not None else str(config_dir())
 
 
 CONFIG_PATH = config_path()

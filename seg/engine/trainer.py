@@ -40,6 +40,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from seg.cli import command_line_keys
 from seg.config import check_train_config, freeze_bn
 from seg.data import build_dataset
 from seg.data.transforms import build_eval_transform, build_train_transform
@@ -371,7 +372,7 @@ def set_up(cfg: DictConfig, run_dir: str | Path) -> Run:
     lock = _claim_run_dir(run_dir, resuming=resume_path is not None) if main else None
     try:
         if init_path is not None:
-            adopt_numerics(cfg, init_path, _command_line_keys())
+            adopt_numerics(cfg, init_path, command_line_keys())
         if (resume_path or init_path) is not None and (cfg.model.backbone.pretrained or cfg.model.backbone.weights):
             # The checkpoint's weights replace the encoder's ImageNet start: nothing to fetch.
             cfg.model.backbone.pretrained = cfg.model.backbone.weights = None
@@ -469,17 +470,6 @@ def _model_differences(stored: DictConfig, current: DictConfig) -> list[str]:
         for k in sorted(keys)
         if k not in _START_ONLY and _plain(stored, k) != _plain(current, k)
     ]
-
-
-def _command_line_keys() -> set[str]:
-    """The keys set on the command line (under Hydra; none through the Python API)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return set()
-    return {o.lstrip("+~").split("=", 1)[0] for o in overrides}
 
 
 def adopt_numerics(cfg: DictConfig, path: Path, keep: set[str]) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from seg.data.classes import VOC_CLASSES, voc_palette
 from seg.export.common import ExportError, quiet_logging
+from seg.models.tflite_weights import TFLITE_FLOAT_PIXEL_MEAN, TFLITE_FLOAT_PIXEL_STD
 
 MISSING = (
     'export.format=tflite needs the optional litert-torch package: pip install ".[tflite]" '
@@ -81,15 +82,6 @@ class TFLiteRunner:
         return self.interpreter.get_tensor(self.output["index"]).copy()
 
 
-# TF Lite's DeepLab sample apps feed the float model (pixel - 128) / 128 per RGB channel
-# (IMAGE_MEAN = IMAGE_STD = 128 in dailystudio/ml's DeeplabGPU.java, the app deeplabv3_257_mv_gpu.tflite
-# is published with; tensorflow/examples' image_segmentation app uses 127.5, DeepLab's own
-# 2/255 * x - 1). The two differ by half a grey level: within 0.02 points of pixel accuracy on two
-# VOC images. 128 is also what the quantized DeepLab's uint8 input means (zero point 128, scale 1/128).
-OFFICIAL_FLOAT_MEAN = 128.0
-OFFICIAL_FLOAT_STD = 128.0
-
-
 def _describe(details: list[dict[str, Any]]) -> str:
     """'[1, 257, 257, 3] float32' for each tensor, comma-separated ('none' for no tensor)."""
     parts = []
@@ -149,7 +141,7 @@ def official_tflite_metadata(path: str | os.PathLike, interpreter: Any = None) -
         mean, std, included = float(zero_point), 1.0 / float(scale), True
         norm_name = f"quantized input (scale {float(scale):g}, zero point {int(zero_point)})"
     else:
-        mean, std, included = OFFICIAL_FLOAT_MEAN, OFFICIAL_FLOAT_STD, False
+        mean, std, included = TFLITE_FLOAT_PIXEL_MEAN, TFLITE_FLOAT_PIXEL_STD, False
         norm_name = "TF Lite DeepLab: (pixel - 128) / 128"
     names = list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)]
     return {

@@ -138,6 +138,7 @@ def convert_tf(
         load_deeplab_weights,
         read_tf_weights,
     )
+    from seg.models.tf_weights import sha256 as tf_sha256
 
     source = Path(source)
     tensors, epsilons = read_tf_weights(source)
@@ -158,7 +159,7 @@ def convert_tf(
     mapping = load_deeplab_weights(model, tensors, str(name or source))
     provenance = {
         "source": str(name or source),
-        "sha256": sha256 or file_sha256(source),
+        "sha256": sha256 or tf_sha256(source),  # a checkpoint prefix: its files together
         "format": "frozen_graph" if source.suffix == ".pb" else "tf_checkpoint",
         "mapping": mapping,
     }
@@ -211,16 +212,13 @@ def convert_archive(path: str | Path, output_stride: Optional[int] = None) -> di
     return state
 
 
-def _first_bytes(path: Path, count: int = 8) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(count)
-
-
 def convert_source(source: str | Path, output_stride: Optional[int] = None) -> dict:
     """A checkpoint of this project from any official DeepLab MobileNetV2 file (see the module doc)."""
+    from seg.export.runtime import sniff_model_file  # told by its bytes, nothing loaded
+
     source = Path(source)
     name = source.name.lower()
-    if source.is_file() and (name.endswith(".tflite") or _first_bytes(source)[4:8] == b"TFL3"):
+    if source.is_file() and (name.endswith(".tflite") or sniff_model_file(source) == "tflite"):
         return convert_tflite(source, output_stride)
     if source.is_file() and (name.endswith(ARCHIVE_SUFFIXES) or tarfile.is_tarfile(source)):
         return convert_archive(source, output_stride)

@@ -34,10 +34,12 @@ from torch import nn
 
 from seg.models.weights import WeightsError
 
-# Pre-processing of the float TF Lite DeepLab files: (pixel - 128) / 128, as the app that ships
-# deeplabv3_257_mv_gpu.tflite feeds it (TensorFlow's own segmentation example uses 127.5: within
-# 0.02 points on VOC images). Float inputs do not record it; uint8 inputs do through their
-# quantization (scale 1/128, zero point 128 in the Coral files).
+# Pre-processing of the float TF Lite DeepLab files: (pixel - 128) / 128 per RGB channel, as the app
+# that ships deeplabv3_257_mv_gpu.tflite feeds it (IMAGE_MEAN = IMAGE_STD = 128 in dailystudio/ml's
+# DeeplabGPU.java; tensorflow/examples' image_segmentation app uses 127.5, DeepLab's own 2/255 * x - 1:
+# within 0.02 points of pixel accuracy on two VOC images). Float inputs do not record it; uint8 inputs
+# do through their quantization (scale 1/128, zero point 128 in the Coral files). Conversion and
+# running an official file as it is (seg/export/tflite.py) both use these.
 TFLITE_FLOAT_PIXEL_MEAN = 128.0
 TFLITE_FLOAT_PIXEL_STD = 128.0
 STEM_CHANNELS = 32  # MobileNetV2's first conv at depth multiplier 1.0
