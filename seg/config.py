@@ -255,6 +255,9 @@ class TrainConfig:
     # official model too, or pretrained:NAME): see `distill`.
     distill_from: Optional[str] = None
     distill: DistillConfig = field(default_factory=DistillConfig)
+    # Quantization-aware fine-tuning of train.init_from's model: fake int8 weights and activations as
+    # the int8 exports run them (seg/engine/qat.py); the export then uses the learned ranges.
+    qat: bool = False
     device: str = "auto"  # auto: cuda:<local rank> when CUDA is available, else cpu
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     amp_dtype: AmpDtype = AmpDtype.bfloat16
@@ -642,6 +645,13 @@ def check_train_config(cfg: Any, world_size: int) -> None:
             f"model.num_classes={m.num_classes} differs from dataset.num_classes={cfg.dataset.num_classes} "
             "(the labels the dataset holds): leave model.num_classes unset, it follows the dataset"
         )
+    if t.qat and not (t.init_from or t.resume):
+        problems.append(
+            "train.qat=true fine-tunes a trained float model: give it with train.init_from=CKPT (or continue a QAT run "
+            "with train.resume)"
+        )
+    if t.qat and t.compile:
+        problems.append("train.qat=true runs an exported graph: set train.compile=false")
     per_process = t.batch_size // max(world_size, 1)
     if per_process == 1 and OmegaConf.select(m, "head._target_") in IMAGE_POOLING_HEADS and not freeze_bn(t, m):
         problems.append(

@@ -121,6 +121,7 @@ class Run:
     started: float = field(default_factory=time.perf_counter)
     teacher: Optional[Segmenter] = None  # train.distill_from: in eval mode, never updated
     teacher_source: Optional[dict] = None  # its path and SHA-256, recorded in every checkpoint
+    qat: bool = False  # train.qat, once `model` is the fake-quantized QatSegmenter
 
     @property
     def main(self) -> bool:
@@ -563,6 +564,11 @@ def _load_resume(run: Run, path: Path) -> None:
             "settings, or start a new run from its weights with train.init_from"
         )
     _check_same_teacher(state.get("distill"), run.teacher_source, path)
+    if bool(run.cfg.train.qat) != isinstance(state.get("qat"), dict):
+        raise CheckpointError(
+            f"train.resume: {path} was trained "
+            + ("with train.qat=true: resume with it" if state.get("qat") else "without train.qat: resume without it")
+        )
     iteration = int(state["iteration"])
     if iteration > run.cfg.train.max_iters:
         raise CheckpointError(
@@ -572,6 +578,9 @@ def _load_resume(run: Run, path: Path) -> None:
     run.model.load_state_dict(state["model"])
     if run.net.aux is not None and state.get("aux_head") is not None:
         run.net.aux.load_state_dict(state["aux_head"])
+    if run.cfg.train.qat:  # the graph of the weights just loaded, then its quantizers' ranges
+        enter_qat(run)
+        run.model.load_quantizer_state_dict(state["qat"], f"train.resume: {path}")
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if state.get("scaler"):
@@ -609,6 +618,29 @@ def _check_same_teacher(recorded: Optional[dict], current: Optional[dict], path:
         )
 
 
+def enter_qat(run: Run) -> None:
+    """`train.qat`: from here on the model is the fake-quantized graph of the weights it holds now,
+    without an auxiliary head, in float32 (fake quantization is float), with an optimizer and a
+    schedule over the graph's parameters (a resume loads their state next)."""
+    from seg.engine.qat import QatSegmenter
+
+    t = run.cfg.train
+    run.model = QatSegmenter(run.model, int(t.crop_size), frozen_bn=freeze_bn(t, run.cfg.model))
+    run.net = TrainNet(run.model, None)
+    run.optimizer = torch.optim.SGD(_param_groups(run.net, t), lr=t.lr, momentum=t.momentum)
+    run.scheduler = build_scheduler(run.optimizer, t.max_iters, t.poly_power, t.warmup_iters, t.warmup_factor)
+    run.loss.aux_weight = 0.0
+    run.autocast = torch.autocast(device_type=run.device.type, enabled=False)
+    run.qat = True
+    if run.main:
+        log.info(
+            "train.qat: fake quantization of %d weights (int8, per channel) and %d activations (uint8)%s%s",
+            *run.model.quantizer_counts(),
+            "; no auxiliary head" if t.aux_loss_weight > 0 else "",
+            "; float32 (train.amp off)" if t.amp and run.device.type == "cuda" else "",
+        )
+
+
 def restore(run: Run) -> None:
     """Resume (`train.resume`) or take another run's weights (`train.init_from`), then wrap the
     model for DDP / torch.compile and seed each rank's random streams."""
@@ -617,6 +649,8 @@ def restore(run: Run) -> None:
     elif run.init_path is not None:
         _load_init(run.model, run.init_path, run.cfg.model)
     t = run.cfg.train
+    if t.qat and not run.qat:
+        enter_qat(run)
     run.train_net = run.net
     if run.world_size > 1:
         run.train_net = DistributedDataParallel(
@@ -795,9 +829,13 @@ def _all_finite(*states: dict) -> bool:
 def save(run: Run, best: bool = False) -> None:
     """`checkpoints/last.pt` (and `best.pt`): everything `restore` needs to continue exactly.
     Written atomically; weights that are not finite are never written over the last good file."""
-    model_state, optimizer_state = run.model.state_dict(), run.optimizer.state_dict()
+    if run.qat:  # a plain segmenter's state, and the quantizers' ranges beside it
+        model_state, qat_state = run.model.float_state_dict(), run.model.quantizer_state_dict()
+    else:
+        model_state, qat_state = run.model.state_dict(), None
+    optimizer_state = run.optimizer.state_dict()
     last = run.checkpoint_dir / "last.pt"
-    if not _all_finite(model_state, optimizer_state):
+    if not _all_finite(model_state, optimizer_state, qat_state or {}):
         raise TrainingError(
             f"non-finite weights at iteration {run.iteration}: stopped without overwriting the last "
             f"good checkpoint {last} (try a lower train.lr or train.warmup_iters)"
@@ -820,6 +858,7 @@ def save(run: Run, best: bool = False) -> None:
         "rng": rngs,
         "config": OmegaConf.to_yaml(run.cfg, resolve=True),
         "distill": run.teacher_source,
+        "qat": qat_state,
         "metrics": {
             "val": run.last_metrics,
             "best_miou": run.best_miou,

@@ -229,6 +229,8 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
         if quantize:
             report.update(
                 _quantize(
+                    checkpoint,
+                    model,
                     cfg,
                     dataset_cfg,
                     stored,
@@ -283,6 +285,8 @@ def _gate(check: dict[str, Any], threshold: float, path: Path, against: str) -> 
 
 
 def _quantize(
+    checkpoint,
+    model,
     cfg,
     dataset_cfg,
     stored,
@@ -296,19 +300,30 @@ def _quantize(
     prepare,
     destination: Path,
 ) -> dict:
-    from seg.export.onnx import OnnxRunner
+    from seg.engine.qat import convert as convert_qat
+    from seg.engine.qat import load_qat
+    from seg.export.onnx import OnnxRunner, export_onnx
     from seg.export.quantize import quantize_int8
 
     e = cfg.export
-    try:
-        calibration = _samples(dataset_cfg, "train", e.calibration_images)
-    except DatasetError as exc:
-        raise DatasetError(f"{exc} (int8 calibration needs the dataset's train images)") from exc
-    float_modules = export_float_modules(e)
-    metadata["float_modules"] = float_modules
-    quantize_int8(fp32_path, path, [prepare(image)[0] for image, _ in calibration], float_modules)
-    int8 = OnnxRunner(path)
     labels = export_output(e) == "labels"
+    qat = load_qat(checkpoint, model, stored)
+    if qat is not None:
+        # Quantization-aware training learned the ranges, for every layer: no calibration.
+        metadata["float_modules"], metadata["int8_ranges"] = [], "quantization-aware training"
+        calibration = []
+        exportable = ExportWrapper(convert_qat(qat), export_preprocessing(e), labels).eval()
+        export_onnx(exportable, path, torch.from_numpy(inputs[0]), e.dynamic, e.opset, {}, e.resize_matmul)
+        print("int8: the ranges learned in quantization-aware training (train.qat), every layer int8")
+    else:
+        try:
+            calibration = _samples(dataset_cfg, "train", e.calibration_images)
+        except DatasetError as exc:
+            raise DatasetError(f"{exc} (int8 calibration needs the dataset's train images)") from exc
+        float_modules = export_float_modules(e)
+        metadata["float_modules"], metadata["int8_ranges"] = float_modules, "calibration"
+        quantize_int8(fp32_path, path, [prepare(image)[0] for image, _ in calibration], float_modules)
+    int8 = OnnxRunner(path)
     vs_torch = compare(torch_runner(reference), int8, inputs, labels, valid)
     vs_fp32 = compare(fp32_runner, int8, inputs, labels, valid)
     fmt = _plain(e.format)  # onnx, or web (an ONNX model too)
@@ -318,6 +333,14 @@ def _quantize(
         "calibration_images": len(calibration),
         "int8_check": {**vs_torch, "agreement_vs_fp32": vs_fp32["agreement"]},
     }
+    gate, against = vs_fp32, "the fp32 export"
+    if qat is not None:
+        # What QAT trained is the fake-quantized model, not its float weights alone: the int8 file must
+        # reproduce that one; its agreement with the float weights is for information.
+        vs_qat = compare(torch_runner(ExportWrapper(qat, export_preprocessing(e), labels)), int8, inputs, labels, valid)
+        print(format_check(f"check {fmt} int8 vs PyTorch QAT", vs_qat))
+        out["int8_check"]["agreement_vs_qat"] = vs_qat["agreement"]
+        gate, against = vs_qat, "the QAT model in PyTorch"
     # mIoU of both on labelled val images, when the split is there.
     try:
         samples = _samples(dataset_cfg, "val", e.eval_images)
@@ -333,5 +356,5 @@ def _quantize(
         )
     else:
         print("mIoU: no val split available, skipped")
-    _gate(vs_fp32, INT8_AGREEMENT if e.min_agreement is None else e.min_agreement, destination, "the fp32 export")
+    _gate(gate, INT8_AGREEMENT if e.min_agreement is None else e.min_agreement, destination, against)
     return out
