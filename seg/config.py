@@ -369,8 +369,19 @@ class OfficialBenchConfig:
 
 
 @dataclass
+class CompressionBenchConfig:
+    """`tools/benchmark.py compression`: fp32, int8 PTQ and int8 QAT exports of float checkpoints and
+    their `train.qat=true` fine-tunes (pairs, same order): mIoU, size, ONNX Runtime latency. The
+    exports follow `export.input_size`, `export.eval_images`, `export.calibration_images`."""
+
+    float_checkpoints: List[str] = field(default_factory=list)
+    qat_checkpoints: List[str] = field(default_factory=list)
+
+
+@dataclass
 class BenchmarkConfig:
-    task: str = "data"  # data | train | eval | latency | tradeoff | official | web; `tools/benchmark.py TASK` sets it
+    # data | train | eval | latency | tradeoff | official | web | compression; `tools/benchmark.py TASK` sets it
+    task: str = "data"
     threads: int = 2
     warmup: int = 5
     runs: int = 20
@@ -380,6 +391,7 @@ class BenchmarkConfig:
     tradeoff: TradeoffConfig = field(default_factory=TradeoffConfig)
     train: TrainBenchConfig = field(default_factory=TrainBenchConfig)
     official: OfficialBenchConfig = field(default_factory=OfficialBenchConfig)
+    compression: CompressionBenchConfig = field(default_factory=CompressionBenchConfig)
 
 
 class ExportFormat(Choice):

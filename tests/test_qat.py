@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_tool
 from conftest import compose_config, tiny_train_args
 from omegaconf import OmegaConf
 from test_trainer_steps import assert_same, cloned, runs  # noqa: F401  (fixture)
 
-from seg.errors import ConfigError
 from seg.engine.checkpoint import CheckpointError, load_checkpoint, load_segmenter, save_checkpoint
 from seg.engine.qat import QatSegmenter
 from seg.engine.trainer import batches, restore, save, train, train_step
+from seg.errors import ConfigError
 from seg.export import run_export
 from seg.models.segmenter import build_segmenter
 
@@ -40,6 +41,7 @@ def qat_config(synth_root: Path, start: Path, *overrides: str):
     return compose_config(*tiny_train_args(synth_root, "train.qat=true", f"train.init_from={start}", *overrides))
 
 
+@pytest.mark.slow
 def test_steps_train_the_fake_quantized_graph_and_resume_is_exact(synth_root, tmp_path, runs):  # noqa: F811
     start = float_checkpoint(tmp_path / "float.pt", synth_root)
     run_dir = tmp_path / "run"
@@ -104,7 +106,8 @@ def test_eval_mode_keeps_the_ranges_and_takes_any_image_size(synth_root, tmp_pat
     assert_same(cloned(model.quantizer_state_dict()), ranges, "evaluation never moves the ranges")
 
 
-def test_export_uses_the_learned_ranges(synth_root, tmp_path):
+@pytest.mark.slow
+def test_export_uses_the_learned_ranges_and_the_benchmark_compares_the_three(synth_root, tmp_path):
     import onnx
     from onnx import numpy_helper
 
@@ -141,6 +144,48 @@ def test_export_uses_the_learned_ranges(synth_root, tmp_path):
     meta = json.loads(next(p.value for p in proto.metadata_props if p.key == "seg"))
     assert meta["int8_ranges"] == "quantization-aware training" and meta["float_modules"] == []
     assert np.isfinite(report["miou_int8"])
+
+    # tools/benchmark.py compression: fp32, PTQ and QAT files of the pair, from the same exports.
+    from seg.bench.compression import benchmark_compression
+
+    result = benchmark_compression(
+        compose_config(
+            f"dataset.root={synth_root}",
+            f"benchmark.compression.float_checkpoints=[{start}]",
+            f"benchmark.compression.qat_checkpoints=[{checkpoint}]",
+            "export.input_size=64",
+            "export.eval_images=2",
+            "benchmark.warmup=0",
+            "benchmark.runs=2",
+        )
+    )
+    (row,) = result["rows"]
+    assert row["miou"]["qat_int8"] == report["miou_int8"]
+    assert set(row["latency_ms"]) == set(row["size_mb"]) == {"fp32", "ptq_int8", "qat_int8"}
+    assert row["size_mb"]["qat_int8"] < row["size_mb"]["fp32"] / 2
+    with pytest.raises(ConfigError, match="was not trained with train.qat=true"):
+        benchmark_compression(
+            compose_config(
+                f"benchmark.compression.float_checkpoints=[{start}]", f"benchmark.compression.qat_checkpoints=[{start}]"
+            )
+        )
+
+
+@pytest.mark.slow
+def test_two_processes_fine_tune_with_qat(synth_root, tmp_path):
+    start = float_checkpoint(tmp_path / "float.pt", synth_root)
+    args = tiny_train_args(synth_root, "train.qat=true", f"train.init_from={start}", "train.freeze_bn=true")
+    out = run_tool(
+        "train",
+        *args,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "2 processes" in log and "train.qat: fake quantization" in log
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["iteration"] == 4 and state["qat"]
 
 
 def test_qat_needs_a_trained_model_to_start_from(synth_root):

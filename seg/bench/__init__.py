@@ -10,6 +10,8 @@ prints a markdown table and returns a JSON-able dict. timing.py holds what they 
 - tradeoff (tradeoff.py): the encoders' latency against their multiply-adds (`benchmark.tradeoff`).
 - official (official.py): the official DeepLab TF Lite files on LiteRT against our conversion on
   PyTorch and its ONNX export: pixel accuracy, mIoU, agreement on real VOC images (`benchmark.official`).
+- compression (compression.py): fp32 / int8 PTQ / int8 QAT exports of float checkpoints and their
+  quantization-aware fine-tunes: mIoU, size, ONNX Runtime latency (`benchmark.compression`).
 - web (web.py): the web app's time per frame in headless Chromium (ONNX Runtime Web, WebAssembly) next to
   ONNX Runtime in Python on the same model file and threads (`benchmark.threads`, `export.input_size`).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from seg.bench.compression import benchmark_compression
 from seg.bench.data import benchmark_data
 from seg.bench.eval import benchmark_eval
 from seg.bench.latency import benchmark_latency
@@ -42,6 +45,7 @@ TASKS: dict[str, Callable[[Any], dict[str, Any]]] = {
     "tradeoff": benchmark_tradeoff,
     "official": benchmark_official,
     "web": benchmark_web,
+    "compression": benchmark_compression,
 }
 
 

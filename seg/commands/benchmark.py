@@ -1,4 +1,5 @@
-"""Benchmarks; the first word names the task (data, train, eval, latency, tradeoff, official, web: seg/bench/).
+"""Benchmarks; the first word names the task (data, train, eval, latency, tradeoff, official, web, compression:
+seg/bench/).
 
     seg-benchmark data                      # training loader images/s for 0, 1, 2 workers
     seg-benchmark data benchmark.workers=[0,4] train.crop_size=321 dataset=voc_aug
@@ -10,6 +11,8 @@
     seg-benchmark latency benchmark.latency.checkpoints=[outputs/.../checkpoints/best.pt]
     seg-benchmark official                  # official DeepLab .tflite vs our conversion, PyTorch + ONNX
     seg-benchmark web                       # the web page's time per frame in Chromium vs ONNX Runtime
+    # fp32 / int8 PTQ / int8 QAT exports of float checkpoints and their QAT fine-tunes: mIoU, size, latency
+    seg-benchmark compression benchmark.compression.float_checkpoints=[a.pt] benchmark.compression.qat_checkpoints=[q]
 
 From a checkout: `python tools/benchmark.py ...`, the same. Prints a markdown table and, last, one
 JSON line, also written to `benchmark.output` (default: <run dir>/benchmark_<task>.json).
