@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from test_trainer_steps import assert_same, cloned, runs  # noqa: F401  (fixture)
 
 from seg.engine.checkpoint import CheckpointError, load_checkpoint, load_segmenter, save_checkpoint
-from seg.engine.qat import QatSegmenter
+from seg.engine.qat import QatError, QatSegmenter
 from seg.engine.trainer import batches, restore, save, train, train_step
 from seg.errors import ConfigError
 from seg.export import run_export
@@ -102,6 +102,8 @@ def test_eval_mode_keeps_the_ranges_and_takes_any_image_size(synth_root, tmp_pat
             out = model(torch.randn(1, 3, *size))
             assert out.shape == (1, 21, *size)
         twice = [model(torch.ones(1, 3, 40, 40)) for _ in range(2)]
+        with pytest.raises(QatError, match="takes images of 32 to 8192 pixels a side, got \\(16, 40\\)"):
+            model(torch.ones(1, 3, 16, 40))
     assert torch.equal(*twice), "batch norm on running statistics in evaluation"
     assert_same(cloned(model.quantizer_state_dict()), ranges, "evaluation never moves the ranges")
 

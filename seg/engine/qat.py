@@ -158,6 +158,10 @@ class QatSegmenter(nn.Module):
         return (images.float() - mean.to(images.device)) / std.to(images.device)
 
     def forward(self, x: torch.Tensor, output_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        if not (MIN_SIDE <= min(x.shape[-2:]) and max(x.shape[-2:]) <= MAX_SIDE):
+            raise QatError(
+                f"a QAT model takes images of {MIN_SIDE} to {MAX_SIDE} pixels a side, got {tuple(x.shape[-2:])}"
+            )
         logits = self.graph(x)
         size = x.shape[-2:] if output_size is None else output_size
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
