@@ -141,7 +141,7 @@ def as_rgb(image: Any) -> np.ndarray:
 
 def load(path: PathLike, max_size: int = 2048, fast: bool = True, threads: Optional[int] = None) -> Predictor:
     """A predictor for a training checkpoint (its PyTorch model; `fast`: batch norm folded) or an
-    exported model (.onnx, .tflite — ours, or an official TF Lite DeepLab file — or TorchScript)."""
+    exported model (.onnx, .pte, .tflite — ours, or an official TF Lite DeepLab file — or TorchScript)."""
     from seg.export.runtime import sniff_model_file
 
     path = Path(path)

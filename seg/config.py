@@ -396,7 +396,9 @@ class BenchmarkConfig:
 
 class ExportFormat(Choice):
     onnx = "onnx"
-    torchscript = "torchscript"
+    torchscript = "torchscript"  # legacy (PyTorch has deprecated TorchScript): executorch is its successor
+    # A .pte program on ExecuTorch's XNNPACK delegate, float32 or int8; needs pip install ".[executorch]"
+    executorch = "executorch"
     tflite = "tflite"  # needs the optional litert-torch package: pip install ".[tflite]"
     # A folder with a browser app (seg/web/) around an ONNX model: uint8 RGB in, labels out, int8
     # unless export.quantize=none; needs onnxruntime-web's files (npm ci --prefix seg/web)

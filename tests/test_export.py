@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -302,9 +303,42 @@ def test_tflite_export(tmp_path):
     assert report["path"].endswith(".tflite") and report["check"]["agreement"] >= 0.999
 
 
+@pytest.mark.slow
+def test_executorch_export_fp32_and_int8_run_on_executorch(tmp_path):
+    pytest.importorskip("executorch")
+    from seg.export.runtime import load_exported, sniff_model_file
+
+    ckpt, model, _ = checkpoint(tmp_path, "mnv2_dm05", "lraspp")
+    report = export(tmp_path, ckpt, "export.format=executorch")
+    path = Path(report["path"])
+    assert path.suffix == ".pte" and report["check"]["agreement"] >= 0.999
+    assert sniff_model_file(path) == "executorch" and read_metadata(path)["format"] == "executorch"
+    # As predict runs it: letterboxed into the static input, labels at the image's size.
+    image = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = model(normalize(torch.from_numpy(image).permute(2, 0, 1)[None], "imagenet")).argmax(1)[0]
+    labels = load_exported(path)(image)
+    assert labels.shape == (50, 70) and (labels == expected.numpy()).mean() >= 0.99
+
+    report = export(
+        tmp_path,
+        ckpt,
+        "export.format=executorch",
+        "export.quantize=int8",
+        "export.calibration_images=2",
+        "export.eval_images=2",
+        "export.min_agreement=0.9",
+    )  # fmt: skip  (random weights: int8 only has to be close)
+    assert report["path"].endswith(".int8.pte") and report["int8_check"]["agreement_vs_fp32"] >= 0.9
+    assert read_metadata(report["path"])["float_modules"] == []  # XNNPACK runs every layer int8
+    assert Path(report["path"]).stat().st_size < path.stat().st_size / 2
+    with pytest.raises(ExportError, match="export.dynamic=true is not supported for export.format=executorch"):
+        export(tmp_path, ckpt, "export.format=executorch", "export.dynamic=true")
+
+
 def test_bad_option_combinations_are_refused(tmp_path):
     ckpt, _, _ = checkpoint(tmp_path)
-    with pytest.raises(ExportError, match="export.format=onnx"):
+    with pytest.raises(ExportError, match="export.format=onnx, web or executorch"):
         export(tmp_path, ckpt, "export.format=torchscript", "export.quantize=int8")
     with pytest.raises(ExportError, match="checkpoint=PATH"):
         run_export(config(tmp_path))

@@ -41,6 +41,7 @@ def _export(cfg: DictConfig, checkpoint: str, path: Path, quantize: str) -> dict
                 "input_size": int(e.input_size),
                 "eval_images": e.eval_images,
                 "calibration_images": int(e.calibration_images),
+                "min_agreement": e.min_agreement,
                 "overwrite": True,
             },
         },

@@ -4,7 +4,8 @@
     seg-export checkpoint=PATH export.quantize=int8                        # ONNX int8 (QDQ)
     seg-export checkpoint=PATH export.dynamic=true                         # any height/width
     seg-export checkpoint=PATH export.include_preprocessing=true export.output=labels
-    seg-export checkpoint=PATH export.format=torchscript                   # or tflite
+    seg-export checkpoint=PATH export.format=executorch                    # .pte on XNNPACK (or int8)
+    seg-export checkpoint=PATH export.format=tflite                        # or torchscript (legacy)
     seg-export checkpoint=PATH export.path=model.onnx
 
 From a checkout: `python tools/export.py ...`, the same. Writes the model (default: beside the

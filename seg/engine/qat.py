@@ -1,9 +1,12 @@
 """Quantization-aware training (`train.qat=true`): the segmenter with fake quantization, as PT2E
 (torchao) makes it, and its int8 form for export.
 
-The quantizer is torchao's X86InductorQuantizer in its QAT configuration: int8 weights, per output
-channel and symmetric; uint8 activations, per tensor and asymmetric, the scheme of the ONNX int8
-export (`seg/export/quantize.py`). Every layer is int8. Batch norm is folded into the convolution's
+The quantizer is ExecuTorch's XNNPACKQuantizer in its QAT configuration: int8 weights, per output
+channel and symmetric; int8 activations, per tensor and asymmetric; the scheme of the ExecuTorch
+int8 export and of TF Lite's. Every convolution's output is quantized (a quantizer made for x86
+kernels, which leaves a convolution that feeds an addition in float, cannot be lowered to XNNPACK).
+The ONNX export moves the activations to uint8 (`shift_activations`: the same values), ONNX
+Runtime's fast form on x86. Every layer is int8. Batch norm is folded into the convolution's
 weights in the forward pass (PT2E's QAT conv-bn pattern), so the weights are fake-quantized as the
 export folds them, and `convert` folds it for good.
 
@@ -29,7 +32,7 @@ from torch import nn
 
 from seg.errors import SegError
 
-MISSING = 'train.qat=true needs the torchao package: pip install -e "."'
+MISSING = 'train.qat=true needs the executorch and torchao packages: pip install -e ".[executorch]"'
 MAX_SIDE = 8192  # the largest image side the graph accepts
 MIN_SIDE = 32
 
@@ -55,7 +58,6 @@ def _pt2e() -> Any:
         with _quiet_import():
             import torchao.quantization.pt2e as pt2e
             import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
-            import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
     except ImportError as exc:
         raise QatError(MISSING) from exc
     return pt2e
@@ -96,9 +98,16 @@ def _without_dropout(model: nn.Module) -> nn.Module:
 
 
 def quantizer() -> Any:
-    """The quantizer of QAT, and of every int8 export of a QAT checkpoint."""
-    xiq = _pt2e().quantizer.x86_inductor_quantizer
-    return xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=True))
+    """The quantizer of QAT, and so of every int8 export of a QAT checkpoint."""
+    try:
+        with _quiet_import():
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer,
+                get_symmetric_quantization_config,
+            )
+    except ImportError as exc:
+        raise QatError(MISSING) from exc
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
 
 
 class QatSegmenter(nn.Module):
@@ -212,6 +221,21 @@ def convert(model: QatSegmenter) -> nn.Module:
     model = copy.deepcopy(model).eval()
     converted = QuantizedSegmenter(model)
     converted.graph = pt2e.quantize_pt2e.convert_pt2e(model.graph)
+    return converted
+
+
+def shift_activations(converted: "QuantizedSegmenter", dtype: torch.dtype) -> "QuantizedSegmenter":
+    """The same model with its activations on the `dtype` grid (torch.uint8 or torch.int8), in place:
+    every per-tensor quantize / dequantize pair moves its zero point and range by 128, which changes
+    no value. ONNX Runtime runs uint8 activations fastest on x86; XNNPACK takes int8."""
+    ops = torch.ops.quantized_decomposed
+    targets = {ops.quantize_per_tensor.default, ops.dequantize_per_tensor.default}
+    for node in converted.graph.graph.nodes:
+        if node.op == "call_function" and node.target in targets and node.args[5] != dtype:
+            x, scale, zero_point, low, high, _ = node.args
+            shift = 128 if dtype == torch.uint8 else -128
+            node.args = (x, scale, zero_point + shift, low + shift, high + shift, dtype)
+    converted.graph.recompile()
     return converted
 
 

@@ -634,7 +634,7 @@ def enter_qat(run: Run) -> None:
     run.qat = True
     if run.main:
         log.info(
-            "train.qat: fake quantization of %d weights (int8, per channel) and %d activations (uint8)%s%s",
+            "train.qat: fake quantization of %d weights (int8, per channel) and %d activations (int8)%s%s",
             *run.model.quantizer_counts(),
             "; no auxiliary head" if t.aux_loss_weight > 0 else "",
             "; float32 (train.amp off)" if t.amp and run.device.type == "cuda" else "",

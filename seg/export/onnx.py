@@ -91,6 +91,13 @@ def _name_dynamic_axes(proto: Any, input_axes: tuple[int, int], output_axes: tup
                     dims[axis].dim_param = label
 
 
+def drop_node_notes(proto: Any) -> None:
+    """Remove the exporter's notes on each node (module scopes, source lines): only the export's own
+    passes read them (`seg/export/quantize.py`), and they are up to a third of a small int8 file."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+
+
 def set_onnx_metadata(proto: Any, metadata: dict[str, Any]) -> None:
     """Store the metadata in the model itself (metadata_props), so the .onnx file alone says what
     it expects: the whole JSON under "seg", plus the main fields as their own keys."""

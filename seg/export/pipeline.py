@@ -53,9 +53,10 @@ def export_float_modules(e: Any) -> list[str]:
     """`export.float_modules` as the int8 export runs it. For web its default (the stem and first
     block in float: a speed choice for ONNX Runtime's x86 kernels) becomes [], every layer int8: float
     layers round differently in WebAssembly and on x86, int8 rounding then amplifies it, and the page
-    would agree with ONNX Runtime in Python on ~99.8% of the pixels instead of all. Any other value holds."""
+    would agree with ONNX Runtime in Python on ~99.8% of the pixels instead of all. For executorch too:
+    the choice was ONNX Runtime's, and XNNPACK runs every layer int8. Any other value holds."""
     modules = [str(m) for m in e.float_modules]
-    if _plain(e.format) == "web" and modules == DEFAULT_FLOAT_MODULES:
+    if _plain(e.format) in ("web", "executorch") and modules == DEFAULT_FLOAT_MODULES:
         return []
     return modules
 
@@ -78,8 +79,8 @@ def default_path(checkpoint: Path, cfg: DictConfig) -> Path:
     name += "-rgb8" if e.include_preprocessing else ""
     name += "-labels" if export_output(e) == "labels" else ""
     name += ".int8" if export_quantize(e) == "int8" else ""
-    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "tflite": ".tflite"}[_plain(e.format)]
-    return checkpoint.with_name(name + suffix)
+    suffix = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "tflite": ".tflite", "executorch": ".pte"}
+    return checkpoint.with_name(name + suffix[_plain(e.format)])
 
 
 def _samples(dataset_cfg: Any, split: str, count: Optional[int]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -95,9 +96,9 @@ def _samples(dataset_cfg: Any, split: str, count: Optional[int]) -> list[tuple[n
 def _validate(cfg: DictConfig) -> None:
     e = cfg.export
     fmt, quantize = _plain(e.format), export_quantize(e)
-    if quantize and fmt not in ("onnx", "web"):
-        raise ExportError(f"export.quantize={quantize} is for export.format=onnx or web (got format {fmt})")
-    if fmt in ("tflite", "web") and e.dynamic:
+    if quantize and fmt not in ("onnx", "web", "executorch"):
+        raise ExportError(f"export.quantize={quantize} is for export.format=onnx, web or executorch (got format {fmt})")
+    if fmt in ("tflite", "web", "executorch") and e.dynamic:
         why = "the page letterboxes images into the static input" if fmt == "web" else "static size only"
         raise ExportError(f"export.dynamic=true is not supported for export.format={fmt} ({why})")
     if e.input_size < 32:
@@ -120,13 +121,15 @@ def _check_destination(path: Path, checkpoint: Path, overwrite: bool) -> None:
 
 def _embed_metadata(built: Path, fmt: str, metadata: dict[str, Any]) -> None:
     """The final metadata (check results included) inside the file, where the format has room:
-    ONNX metadata_props, TorchScript's `seg.json` extra file. TF Lite keeps it beside only."""
+    ONNX metadata_props (the exporter's notes on each node dropped), TorchScript's `seg.json` extra file.
+    TF Lite and ExecuTorch keep it beside only."""
     if fmt == "onnx":
         import onnx
 
-        from seg.export.onnx import set_onnx_metadata
+        from seg.export.onnx import drop_node_notes, set_onnx_metadata
 
         proto = onnx.load(str(built))
+        drop_node_notes(proto)
         set_onnx_metadata(proto, metadata)
         onnx.save_model(proto, str(built), save_as_external_data=False)
     elif fmt == "torchscript":
@@ -211,6 +214,12 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
             fp32_path = Path(tmp) / "fp32.onnx" if quantize else built
             export_onnx(exportable, fp32_path, sample, e.dynamic, e.opset, metadata, e.resize_matmul)
             runner = OnnxRunner(fp32_path)
+        elif fmt == "executorch":
+            from seg.export.executorch import ExecuTorchRunner, export_executorch
+
+            fp32_path = Path(tmp) / "fp32.pte" if quantize else built
+            export_executorch(exportable, fp32_path, sample)
+            runner = ExecuTorchRunner(fp32_path)
         elif fmt == "torchscript":
             from seg.export.torchscript import TorchScriptRunner, export_torchscript
 
@@ -231,6 +240,7 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
                 _quantize(
                     checkpoint,
                     model,
+                    exportable,
                     cfg,
                     dataset_cfg,
                     stored,
@@ -287,6 +297,7 @@ def _gate(check: dict[str, Any], threshold: float, path: Path, against: str) -> 
 def _quantize(
     checkpoint,
     model,
+    exportable,
     cfg,
     dataset_cfg,
     stored,
@@ -301,19 +312,28 @@ def _quantize(
     destination: Path,
 ) -> dict:
     from seg.engine.qat import convert as convert_qat
-    from seg.engine.qat import load_qat
+    from seg.engine.qat import load_qat, shift_activations
     from seg.export.onnx import OnnxRunner, export_onnx
     from seg.export.quantize import quantize_int8
 
     e = cfg.export
+    fmt = _plain(e.format)  # onnx, web (an ONNX model too) or executorch
     labels = export_output(e) == "labels"
+    sample = torch.from_numpy(inputs[0])
     qat = load_qat(checkpoint, model, stored)
     if qat is not None:
         # Quantization-aware training learned the ranges, for every layer: no calibration.
         metadata["float_modules"], metadata["int8_ranges"] = [], "quantization-aware training"
         calibration = []
-        exportable = ExportWrapper(convert_qat(qat), export_preprocessing(e), labels).eval()
-        export_onnx(exportable, path, torch.from_numpy(inputs[0]), e.dynamic, e.opset, {}, e.resize_matmul)
+        converted = convert_qat(qat)
+        if fmt == "executorch":
+            from seg.export.executorch import export_executorch
+
+            export_executorch(ExportWrapper(converted, export_preprocessing(e), labels).eval(), path, sample)
+        else:
+            shift_activations(converted, torch.uint8)
+            exportable = ExportWrapper(converted, export_preprocessing(e), labels).eval()
+            export_onnx(exportable, path, sample, e.dynamic, e.opset, {}, e.resize_matmul)
         print("int8: the ranges learned in quantization-aware training (train.qat), every layer int8")
     else:
         try:
@@ -322,11 +342,22 @@ def _quantize(
             raise DatasetError(f"{exc} (int8 calibration needs the dataset's train images)") from exc
         float_modules = export_float_modules(e)
         metadata["float_modules"], metadata["int8_ranges"] = float_modules, "calibration"
-        quantize_int8(fp32_path, path, [prepare(image)[0] for image, _ in calibration], float_modules)
-    int8 = OnnxRunner(path)
+        calibration_inputs = [prepare(image)[0] for image, _ in calibration]
+        if fmt == "executorch":
+            from seg.export.executorch import export_executorch, quantize_for_xnnpack
+
+            quantized = quantize_for_xnnpack(exportable, sample, calibration_inputs, float_modules)
+            export_executorch(quantized, path, sample)
+        else:
+            quantize_int8(fp32_path, path, calibration_inputs, float_modules)
+    if fmt == "executorch":
+        from seg.export.executorch import ExecuTorchRunner
+
+        int8 = ExecuTorchRunner(path)
+    else:
+        int8 = OnnxRunner(path)
     vs_torch = compare(torch_runner(reference), int8, inputs, labels, valid)
     vs_fp32 = compare(fp32_runner, int8, inputs, labels, valid)
-    fmt = _plain(e.format)  # onnx, or web (an ONNX model too)
     print(format_check(f"check {fmt} int8 vs PyTorch", vs_torch))
     print(format_check(f"check {fmt} int8 vs fp32", vs_fp32))
     out: dict[str, Any] = {

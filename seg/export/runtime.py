@@ -452,13 +452,13 @@ class ExportedPredictor:
 _LEGACY_TORCH_SAVE = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 # Tags of ONNX ModelProto fields that follow ir_version (field 1) in a file written by onnx.
 _ONNX_NEXT_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72}
-EXPORTED_FORMATS = {"torchscript": "TorchScript", "onnx": "ONNX", "tflite": "TFLite"}
+EXPORTED_FORMATS = {"torchscript": "TorchScript", "onnx": "ONNX", "tflite": "TFLite", "executorch": "ExecuTorch"}
 
 
 def sniff_model_file(path: str | os.PathLike) -> Optional[str]:
     """What a model file holds, told from its first bytes and (for zip files) its member names;
     nothing in it is loaded or unpickled. "checkpoint": a torch.save file (what training writes);
-    "torchscript", "onnx", "tflite": an exported model; None: unknown or unreadable."""
+    "torchscript", "onnx", "tflite", "executorch": an exported model; None: unknown or unreadable."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -476,6 +476,8 @@ def sniff_model_file(path: str | os.PathLike) -> Optional[str]:
         return "checkpoint" if "data.pkl" in inner else None
     if head[4:8] == b"TFL3":  # the flatbuffer file identifier of TFLite models
         return "tflite"
+    if head[4:6] == b"ET" and head[6:8].isdigit():  # ExecuTorch programs: ET12, ...
+        return "executorch"
     if head.startswith(_LEGACY_TORCH_SAVE):
         return "checkpoint"
     onnx_like = len(head) >= 3 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in _ONNX_NEXT_TAGS
@@ -497,7 +499,7 @@ def refuse_checkpoint(path: str | os.PathLike) -> None:
 def load_runner(
     path: str | os.PathLike, threads: Optional[int] = None, providers: Optional[list[str]] = None
 ) -> Runner:
-    """The runner for an exported file, chosen by its suffix (.onnx, .tflite, else TorchScript).
+    """The runner for an exported file, chosen by its suffix (.onnx, .tflite, .pte, else TorchScript).
     A training checkpoint is refused before anything loads it. `providers`: ONNX Runtime's
     execution providers, in order (ONNX models only; None: CPU)."""
     path = Path(path)
@@ -517,11 +519,15 @@ def load_runner(
         from seg.export.tflite import TFLiteRunner
 
         return TFLiteRunner(path, threads)
+    if path.suffix == ".pte":
+        from seg.export.executorch import ExecuTorchRunner
+
+        return ExecuTorchRunner(path, threads)
     if path.suffix in (".pt", ".ts", ".pth"):
         from seg.export.torchscript import TorchScriptRunner
 
         return TorchScriptRunner(path, threads)
-    raise ExportError(f"{path}: unknown model file type (expected .onnx, .tflite or a TorchScript .pt)")
+    raise ExportError(f"{path}: unknown model file type (expected .onnx, .tflite, .pte or a TorchScript .pt)")
 
 
 def load_exported(
