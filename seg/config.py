@@ -317,6 +317,7 @@ class LatencyConfig:
     input_size: int = 513
     peer_input_size: int = 512  # peers whose strides need a multiple of 16 (smp's DeepLabV3+)
     models: Optional[List[str]] = None  # names to run (None: all; the table lists the names)
+    # also et_fp32, et_int8: ExecuTorch on XNNPACK (pip install ".[executorch]")
     modes: List[str] = field(default_factory=lambda: ["eager", "fast", "ort_fp32", "ort_int8"])
     calibration_images: int = 16  # train images of the dataset that calibrate the int8 models
     agreement_images: int = 8  # val images on which int8 and fp32 argmaxes are compared

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -73,9 +74,11 @@ def test_latency_rows_for_trained_checkpoints(tmp_path, capsys):
     """benchmark.latency.checkpoints: the checkpoint's own weights and dataset, and its int8
     agreement is the one the target reads."""
     ckpt, model, _ = checkpoint(tmp_path, "mnv3_small", "lraspp")
+    executorch = importlib.util.find_spec("executorch") is not None  # its columns, when installed
+    modes = "[ort_fp32,ort_int8,et_fp32,et_int8]" if executorch else "[ort_fp32,ort_int8]"
     cfg = config(tmp_path, "benchmark.task=latency", "benchmark.warmup=1", "benchmark.runs=2",
                  "benchmark.latency.models=[]", f"benchmark.latency.checkpoints=[{ckpt}]",
-                 "benchmark.latency.modes=[ort_fp32,ort_int8]", "benchmark.latency.input_size=33",
+                 f"benchmark.latency.modes={modes}", "benchmark.latency.input_size=33",
                  "benchmark.latency.calibration_images=2", "benchmark.latency.agreement_images=1",
                  "benchmark.latency.peak_runs=1")  # fmt: skip
     result = run_task(cfg)
@@ -87,6 +90,9 @@ def test_latency_rows_for_trained_checkpoints(tmp_path, capsys):
     assert agreement["value"] == row["int8_agreement"] and 0 <= agreement["value"] <= 1
     out = capsys.readouterr().out
     assert f"trained 1: {ckpt}" in out and "(random)" not in out
+    if executorch:
+        assert row["et_fp32"]["median_ms"] > 0 and row["et_int8"]["median_ms"] > 0
+        assert 0 <= row["et_int8_agreement"] <= 1 and "ExecuTorch fp32 | ExecuTorch int8 |" in out
 
 
 @pytest.mark.slow

@@ -27,10 +27,11 @@ from torch import nn
 
 from seg.bench.timing import eager_call, ort_fp32_session, ort_version, time_call, time_in_turns
 from seg.errors import ConfigError
-from seg.fastpath import fast_model
+from seg.fastpath import fast_model, fold_batchnorm
 from seg.flops import count_multiply_adds
 
-MODES = ("eager", "fast", "ort_fp32", "ort_int8")
+# et_*: ExecuTorch on XNNPACK (pip install ".[executorch]"), fp32 and int8 (every layer, XNNPACK's scheme)
+MODES = ("eager", "fast", "ort_fp32", "ort_int8", "et_fp32", "et_int8")
 
 
 class _Out(nn.Module):
@@ -267,7 +268,32 @@ def _prepare_model(
             labels = [(fp32(v).argmax(1), int8(v).argmax(1)) for v in check]
             row["int8_agreement"] = float(np.mean([(a == q).mean() for a, q in labels])) if labels else None
             row["fp32_classes"] = float(np.mean([len(np.unique(a)) for a, _ in labels])) if labels else None
+    if "et_fp32" in modes or "et_int8" in modes:
+        calls.update(_executorch_calls(model, x, calib, check, workdir, cfg.benchmark.threads, modes, row))
     return row, calls
+
+
+def _executorch_calls(
+    model: nn.Module, x: torch.Tensor, calib: list, check: list, workdir: Path, threads: int, modes: list, row: dict
+) -> dict[str, Callable[[], Any]]:
+    """The ExecuTorch (XNNPACK) calls of `model`: fp32, and int8 calibrated on `calib` (its argmax
+    agreement with fp32 on `check` goes into `row`)."""
+    from seg.export.executorch import ExecuTorchRunner, export_executorch, quantize_for_xnnpack
+
+    folded = fold_batchnorm(model).eval()
+    xn = x.numpy()
+    calls: dict[str, Callable[[], Any]] = {}
+    stem = workdir / f"{len(list(workdir.iterdir()))}"
+    fp32 = ExecuTorchRunner(export_executorch(folded, stem.with_suffix(".pte"), x), threads)
+    if "et_fp32" in modes:
+        calls["et_fp32"] = lambda: fp32(xn)
+    if "et_int8" in modes:
+        quantized = quantize_for_xnnpack(folded, x, calib)
+        int8 = ExecuTorchRunner(export_executorch(quantized, stem.with_suffix(".int8.pte"), x), threads)
+        calls["et_int8"] = lambda: int8(xn)
+        labels = [(fp32(v).argmax(1), int8(v).argmax(1)) for v in check]
+        row["et_int8_agreement"] = float(np.mean([(a == q).mean() for a, q in labels])) if labels else None
+    return calls
 
 
 def benchmark_latency(cfg: Any) -> dict[str, Any]:
@@ -400,6 +426,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 def format_table(result: dict[str, Any]) -> str:
     """The markdown table (median / p90 ms per mode) and the targets."""
     peak = result["peak"]
+    et = any("et_fp32" in r or "et_int8" in r for r in result["results"])
     lines = [
         f"CPU peak ({result['threads']} threads): fp32 matmul 2048^3 {peak['matmul_gflops']:.1f} GFLOP/s; "
         f"1x1 conv 256->256 @128x128 {peak['conv1x1_torch_gflops']:.1f} GFLOP/s (torch), "
@@ -408,8 +435,8 @@ def format_table(result: dict[str, Any]) -> str:
         "ms as median / p90; GFLOP/s = 2 x multiply-adds / median",
         "",
         "| model | input | MAdds | eager | fast path | ORT fp32 | ORT int8 | int8 speed-up | int8 agreement | "
-        "ORT fp32 GFLOP/s | % of 1x1 peak |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "ORT fp32 GFLOP/s | % of 1x1 peak |" + (" ExecuTorch fp32 | ExecuTorch int8 | int8 agreement |" if et else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if et else ""),
     ]
     for r in result["results"]:
 
@@ -427,9 +454,13 @@ def format_table(result: dict[str, Any]) -> str:
         gflops = f"{r['ort_fp32']['gflops']:.1f}" if "ort_fp32" in r else "-"
         frac = f"{100 * r['ort_fp32']['gflops'] / peak['conv1x1_gflops']:.0f}%" if "ort_fp32" in r else "-"
         name = f"{r['model']} (peer)" if r["peer"] else r["model"]
+        et_cells = ""
+        if et:
+            et_agree = "-" if r.get("et_int8_agreement") is None else f"{100 * r['et_int8_agreement']:.1f}%"
+            et_cells = f" {cell('et_fp32')} | {cell('et_int8')} | {et_agree} |"
         lines.append(
             f"| {name} | {r['input_size']} | {r['multiply_adds'] / 1e9:.2f}B | {cell('eager')} | {cell('fast')} | "
-            f"{cell('ort_fp32')} | {cell('ort_int8')} | {speedup} | {agree} | {gflops} | {frac} |"
+            f"{cell('ort_fp32')} | {cell('ort_int8')} | {speedup} | {agree} | {gflops} | {frac} |{et_cells}"
         )
     for r in result["results"]:
         if r.get("checkpoint"):
