@@ -377,6 +377,7 @@ class CompressionBenchConfig:
 
     float_checkpoints: List[str] = field(default_factory=list)
     qat_checkpoints: List[str] = field(default_factory=list)
+    format: str = "onnx"  # onnx (ONNX Runtime) or executorch (XNNPACK; pip install ".[executorch]")
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """`tools/benchmark.py compression`: what int8 costs in accuracy and gains in size and speed, for
 float checkpoints and their quantization-aware fine-tunes (`train.qat=true`).
 
-For each pair `benchmark.compression.float_checkpoints[i]` / `qat_checkpoints[i]`, three ONNX files
-made by `tools/export.py` at `export.input_size`: fp32; int8 by post-training quantization (PTQ,
+For each pair `benchmark.compression.float_checkpoints[i]` / `qat_checkpoints[i]`, three files of
+`benchmark.compression.format` (onnx: ONNX Runtime; executorch: XNNPACK) made by `tools/export.py` at
+`export.input_size`: fp32; int8 by post-training quantization (PTQ,
 calibrated on the dataset's train images); int8 with the ranges QAT learned. Every layer is int8 in
-both (`export.float_modules=[]`, as a QAT model is). Each file's mIoU comes from ONNX Runtime over the
+both (`export.float_modules=[]`, as a QAT model is). Each file's mIoU comes from its runtime over the
 val split (`export.eval_images`, null: all of it); latency is batch 1, `benchmark.threads` threads,
 the files timed in turns.
 """
@@ -25,6 +26,9 @@ from seg.models.segmenter import model_name
 KINDS = ("fp32", "ptq_int8", "qat_int8")
 
 
+FORMATS = {"onnx": ".onnx", "executorch": ".pte"}
+
+
 def _export(cfg: DictConfig, checkpoint: str, path: Path, quantize: str) -> dict[str, Any]:
     from seg.export import run_export
 
@@ -34,7 +38,7 @@ def _export(cfg: DictConfig, checkpoint: str, path: Path, quantize: str) -> dict
         {
             "checkpoint": checkpoint,
             "export": {
-                "format": "onnx",
+                "format": str(cfg.benchmark.compression.format),
                 "quantize": quantize,
                 "float_modules": [],
                 "path": str(path),
@@ -49,16 +53,27 @@ def _export(cfg: DictConfig, checkpoint: str, path: Path, quantize: str) -> dict
     return run_export(export_cfg)
 
 
-def _pair(cfg: DictConfig, float_ckpt: str, qat_ckpt: str, workdir: Path) -> tuple[dict, dict[str, Any]]:
-    """The row of one pair (mIoU, size) and the ONNX Runtime calls to time, by kind."""
-    from seg.engine.checkpoint import load_checkpoint, stored_config
+def _runner(path: Path, threads: int) -> Any:
+    """A runner that does not spin-wait between calls (the files take turns)."""
+    if path.suffix == ".pte":
+        from seg.export.executorch import ExecuTorchRunner
+
+        return ExecuTorchRunner(path, threads)
     from seg.export.onnx import OnnxRunner
+
+    return OnnxRunner(path, threads, spinning=False)
+
+
+def _pair(cfg: DictConfig, float_ckpt: str, qat_ckpt: str, workdir: Path) -> tuple[dict, dict[str, Any]]:
+    """The row of one pair (mIoU, size) and the runtime's calls to time, by kind."""
+    from seg.engine.checkpoint import load_checkpoint, stored_config
 
     state = load_checkpoint(qat_ckpt)
     if not isinstance(state.get("qat"), dict):
         raise ConfigError(f"benchmark.compression.qat_checkpoints: {qat_ckpt} was not trained with train.qat=true")
     stored = stored_config(state, qat_ckpt)
-    paths = {kind: workdir / f"{Path(float_ckpt).parent.parent.name}-{kind}.onnx" for kind in KINDS}
+    suffix = FORMATS[str(cfg.benchmark.compression.format)]
+    paths = {kind: workdir / f"{Path(float_ckpt).parent.parent.name}-{kind}{suffix}" for kind in KINDS}
     _export(cfg, float_ckpt, paths["fp32"], "none")
     ptq = _export(cfg, float_ckpt, paths["ptq_int8"], "int8")
     qat = _export(cfg, qat_ckpt, paths["qat_int8"], "int8")
@@ -77,13 +92,15 @@ def _pair(cfg: DictConfig, float_ckpt: str, qat_ckpt: str, workdir: Path) -> tup
     threads = int(cfg.benchmark.threads)
     calls = {}
     for kind in KINDS:
-        runner = OnnxRunner(paths[kind], threads, spinning=False)
+        runner = _runner(paths[kind], threads)
         calls[kind] = lambda runner=runner: runner(x)
     return row, calls
 
 
 def benchmark_compression(cfg: DictConfig) -> dict[str, Any]:
     c = cfg.benchmark.compression
+    if c.format not in FORMATS:
+        raise ConfigError(f"benchmark.compression.format={c.format}: expected one of {', '.join(FORMATS)}")
     floats, qats = list(c.float_checkpoints), list(c.qat_checkpoints)
     if not floats or len(floats) != len(qats):
         raise ConfigError(
@@ -100,6 +117,7 @@ def benchmark_compression(cfg: DictConfig) -> dict[str, Any]:
         rows.append(row)
     result = {
         "task": "compression",
+        "format": str(c.format),
         "input_size": int(cfg.export.input_size),
         "threads": int(cfg.benchmark.threads),
         "onnxruntime": ort_version(),
@@ -110,8 +128,9 @@ def benchmark_compression(cfg: DictConfig) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
+    runtime = f"ONNX Runtime {result['onnxruntime']}" if result["format"] == "onnx" else "ExecuTorch (XNNPACK)"
     lines = [
-        f"int8 on ONNX Runtime {result['onnxruntime']}, {result['input_size']}x{result['input_size']}, "
+        f"int8 on {runtime}, {result['input_size']}x{result['input_size']}, "
         f"{result['threads']} threads, every layer int8",
         "",
         "| model | | mIoU (val) | size (MB) | latency (ms) |",
