@@ -42,8 +42,9 @@ class QatError(SegError, RuntimeError):
 
 
 @contextlib.contextmanager
-def _quiet_import() -> Iterator[None]:
-    # torchao registers an Enum with torch's pytree at import, which logs a deprecation warning.
+def quiet_import() -> Iterator[None]:
+    """Around imports of torchao (also inside executorch's): at import it registers an Enum with torch's
+    pytree, which logs a deprecation warning."""
     logger = logging.getLogger("torch.utils._pytree")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -55,7 +56,7 @@ def _quiet_import() -> Iterator[None]:
 
 def _pt2e() -> Any:
     try:
-        with _quiet_import():
+        with quiet_import():
             import torchao.quantization.pt2e as pt2e
             import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
     except ImportError as exc:
@@ -100,7 +101,7 @@ def _without_dropout(model: nn.Module) -> nn.Module:
 def quantizer() -> Any:
     """The quantizer of QAT, and so of every int8 export of a QAT checkpoint."""
     try:
-        with _quiet_import():
+        with quiet_import():
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
                 XNNPACKQuantizer,
                 get_symmetric_quantization_config,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seg.engine.qat import quiet_import
 from seg.export.common import ExportError, quiet_logging
 
 MISSING = 'export.format=executorch needs the executorch package: pip install -e ".[executorch]"'
@@ -42,7 +43,7 @@ def _quiet_native() -> Iterator[None]:
 
 def _modules() -> Any:
     try:
-        with quiet_logging("torch.utils._pytree"):
+        with quiet_import():
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
             from executorch.exir import to_edge_transform_and_lower
     except ImportError as exc:
@@ -53,10 +54,11 @@ def _modules() -> Any:
 def quantizer(float_modules: Sequence[str] = ()) -> Any:
     """XNNPACK's int8 quantizer; `float_modules` (paths in the exported wrapper: `model.backbone.stem`)
     stay float."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
+    with quiet_import():
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
 
     q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     for name in float_modules:
@@ -104,7 +106,8 @@ class ExecuTorchRunner:
 
     def __init__(self, path: str | os.PathLike, threads: Optional[int] = None) -> None:
         try:
-            from executorch.runtime import Runtime
+            with quiet_import():
+                from executorch.runtime import Runtime
         except ImportError as exc:
             raise ExportError(f'running {path} needs the executorch package: pip install -e ".[executorch]"') from exc
         self.path = Path(path)
