@@ -74,8 +74,8 @@ def test_latency_rows_for_trained_checkpoints(tmp_path, capsys):
     """benchmark.latency.checkpoints: the checkpoint's own weights and dataset, and its int8
     agreement is the one the target reads."""
     ckpt, model, _ = checkpoint(tmp_path, "mnv3_small", "lraspp")
-    executorch = importlib.util.find_spec("executorch") is not None  # its columns, when installed
-    modes = "[ort_fp32,ort_int8,et_fp32,et_int8]" if executorch else "[ort_fp32,ort_int8]"
+    executorch = importlib.util.find_spec("executorch") is not None  # its column, when installed (int8:
+    modes = "[ort_fp32,ort_int8,et_fp32]" if executorch else "[ort_fp32,ort_int8]"  # test_export's)
     cfg = config(tmp_path, "benchmark.task=latency", "benchmark.warmup=1", "benchmark.runs=2",
                  "benchmark.latency.models=[]", f"benchmark.latency.checkpoints=[{ckpt}]",
                  f"benchmark.latency.modes={modes}", "benchmark.latency.input_size=33",
@@ -91,8 +91,8 @@ def test_latency_rows_for_trained_checkpoints(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"trained 1: {ckpt}" in out and "(random)" not in out
     if executorch:
-        assert row["et_fp32"]["median_ms"] > 0 and row["et_int8"]["median_ms"] > 0
-        assert 0 <= row["et_int8_agreement"] <= 1 and "ExecuTorch fp32 | ExecuTorch int8 |" in out
+        assert row["et_fp32"]["median_ms"] > 0 and "et_int8" not in row
+        assert "ExecuTorch fp32 | ExecuTorch int8 |" in out
 
 
 @pytest.mark.slow
