@@ -413,7 +413,7 @@ class ExportOutput(Choice):
 
 
 class Quantize(Choice):
-    int8 = "int8"  # ONNX Runtime static QDQ quantization (formats onnx and web)
+    int8 = "int8"  # onnx, web: ONNX Runtime static QDQ quantization; executorch: PT2E with XNNPACK's quantizer
     none = "none"  # float32
 
 
@@ -429,7 +429,7 @@ class ExportConfig:
     # Static ONNX: the final logits resize, from up to 48 rows of logits, as two MatMuls with
     # bilinear weights (same values, faster on ONNX Runtime); false keeps it a Resize op.
     resize_matmul: bool = True
-    # int8 (onnx, web) or none (fp32); null: the format's default, int8 for web, none for the others
+    # int8 (onnx, web, executorch) or none (fp32); null: the format's default, int8 for web, none for the others
     quantize: Optional[Quantize] = None
     calibration_images: int = 32  # train-split images of the dataset that calibrate int8
     # int8: modules (state_dict paths) kept in float. The stem and first block run at half the
