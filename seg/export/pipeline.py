@@ -326,14 +326,15 @@ def _quantize(
         metadata["float_modules"], metadata["int8_ranges"] = [], "quantization-aware training"
         calibration = []
         converted = convert_qat(qat)
+        if fmt != "executorch":
+            shift_activations(converted, torch.uint8)  # the same values; ONNX Runtime's fast form on x86
+        int8_module = ExportWrapper(converted, export_preprocessing(e), labels).eval()
         if fmt == "executorch":
             from seg.export.executorch import export_executorch
 
-            export_executorch(ExportWrapper(converted, export_preprocessing(e), labels).eval(), path, sample)
+            export_executorch(int8_module, path, sample)
         else:
-            shift_activations(converted, torch.uint8)
-            exportable = ExportWrapper(converted, export_preprocessing(e), labels).eval()
-            export_onnx(exportable, path, sample, e.dynamic, e.opset, {}, e.resize_matmul)
+            export_onnx(int8_module, path, sample, e.dynamic, e.opset, {}, e.resize_matmul)
         print("int8: the ranges learned in quantization-aware training (train.qat), every layer int8")
     else:
         try:
