@@ -322,9 +322,13 @@ def load_segmenter(path: PathLike, map_location: Any = "cpu") -> tuple[torch.nn.
     """Rebuild the segmenter a checkpoint was trained as, from the config stored inside it (read as
     data: see `stored_config`), and load its weights. Returns the model (in eval mode) and the stored
     config (a DictConfig with `model` and `dataset`)."""
+    return segmenter_from_state(load_checkpoint(path, map_location), path)
+
+
+def segmenter_from_state(state: dict, path: PathLike) -> tuple[torch.nn.Module, Any]:
+    """`load_segmenter` on a checkpoint already read by `load_checkpoint` (`path` names it in errors)."""
     from seg.models import build_segmenter
 
-    state = load_checkpoint(path, map_location)
     if not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{path} is not a checkpoint of this project (no 'model' weights)")
     stored = stored_config(state, path)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seg.errors import SegError
+from seg.models.segmenter import Segmenter
 
 MISSING = 'train.qat=true needs the executorch and torchao packages: pip install -e ".[executorch]"'
 MAX_SIDE = 8192  # the largest image side the graph accepts
@@ -161,11 +162,7 @@ class QatSegmenter(nn.Module):
         self.graph.apply(pt2e.enable_observer if mode else pt2e.disable_observer)
         return self
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        mean, std = self.pixel_mean, self.pixel_std
-        if images.dim() == 3:
-            mean, std = mean[0], std[0]
-        return (images.float() - mean.to(images.device)) / std.to(images.device)
+    normalize = Segmenter.normalize  # from its own pixel_mean / pixel_std buffers, as the segmenter
 
     def forward(self, x: torch.Tensor, output_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
         if not (MIN_SIDE <= min(x.shape[-2:]) and max(x.shape[-2:]) <= MAX_SIDE):
@@ -262,15 +259,14 @@ class QuantizedSegmenter(nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
 
 
-def load_qat(path: Any, model: nn.Module, stored: Any) -> Optional[QatSegmenter]:
+def qat_from_state(state: dict, model: nn.Module, stored: Any, path: Any) -> Optional[QatSegmenter]:
     """The QAT segmenter of a checkpoint written by `train.qat=true` (None for any other checkpoint):
-    `model` and `stored` as `load_segmenter` returned them for `path`, plus the learned ranges."""
-    from seg.engine.checkpoint import load_checkpoint
-
-    state = load_checkpoint(path).get("qat")
-    if not isinstance(state, dict):
+    its `state` as read by `load_checkpoint`, `model` and `stored` as `segmenter_from_state` made them,
+    plus the learned ranges. `path` names the checkpoint in errors."""
+    ranges = state.get("qat")
+    if not isinstance(ranges, dict):
         return None
     crop_size = int(stored.get("train", {}).get("crop_size", 513))
     qat = QatSegmenter(model, crop_size)
-    qat.load_quantizer_state_dict(state, str(path))
+    qat.load_quantizer_state_dict(ranges, str(path))
     return qat.eval()

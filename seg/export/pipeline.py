@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from seg.config import ExportConfig
 from seg.data import DatasetError, build_dataset
-from seg.engine.checkpoint import load_segmenter
+from seg.engine.checkpoint import load_checkpoint, segmenter_from_state
 from seg.export.check import compare, format_check, miou, torch_runner
 from seg.export.common import ExportError, ExportWrapper, build_metadata, metadata_path, write_metadata
 from seg.export.runtime import ExportedPredictor
@@ -167,7 +167,8 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
         check_web_destination(path, checkpoint, bool(e.overwrite))
     else:
         _check_destination(path, checkpoint, bool(e.overwrite))
-    model, stored = load_segmenter(checkpoint)
+    state = load_checkpoint(checkpoint)  # read once: the model, and a QAT run's learned ranges
+    model, stored = segmenter_from_state(state, checkpoint)
     dataset_cfg = cfg.dataset if keep_dataset else stored.dataset
     normalization = "custom" if stored.model.get("pixel_mean") is not None else _plain(stored.model.normalization)
 
@@ -238,6 +239,7 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
         if quantize:
             report.update(
                 _quantize(
+                    state,
                     checkpoint,
                     model,
                     exportable,
@@ -295,6 +297,7 @@ def _gate(check: dict[str, Any], threshold: float, path: Path, against: str) -> 
 
 
 def _quantize(
+    state,
     checkpoint,
     model,
     exportable,
@@ -312,7 +315,7 @@ def _quantize(
     destination: Path,
 ) -> dict:
     from seg.engine.qat import convert as convert_qat
-    from seg.engine.qat import load_qat, shift_activations
+    from seg.engine.qat import qat_from_state, shift_activations
     from seg.export.onnx import OnnxRunner, export_onnx
     from seg.export.quantize import quantize_int8
 
@@ -320,7 +323,7 @@ def _quantize(
     fmt = _plain(e.format)  # onnx, web (an ONNX model too) or executorch
     labels = export_output(e) == "labels"
     sample = torch.from_numpy(inputs[0])
-    qat = load_qat(checkpoint, model, stored)
+    qat = qat_from_state(state, model, stored, checkpoint)
     if qat is not None:
         # Quantization-aware training learned the ranges, for every layer: no calibration.
         metadata["float_modules"], metadata["int8_ranges"] = [], "quantization-aware training"
