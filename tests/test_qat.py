@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import run_tool
-from conftest import compose_config, tiny_train_args
+from conftest import compose_config, randomize_batchnorm, tiny_train_args
 from omegaconf import OmegaConf
 from test_trainer_steps import assert_same, cloned, runs  # noqa: F401  (fixture)
 
@@ -29,10 +29,7 @@ def float_checkpoint(path: Path, synth_root: Path) -> Path:
     torch.manual_seed(0)
     cfg = compose_config(*tiny_train_args(synth_root))
     model = build_segmenter(cfg.model)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
+    randomize_batchnorm(model)
     save_checkpoint(path, {"model": model.state_dict(), "config": OmegaConf.to_yaml(cfg, resolve=True)})
     return path
 
