@@ -84,6 +84,12 @@ def command_line_keys() -> set[str]:
     return {o.lstrip("+~").split("=", 1)[0] for o in HydraConfig.get().overrides.task}
 
 
+def dataset_on_command_line() -> bool:
+    """Whether the user gave `dataset...` overrides: then they choose the images, over the dataset
+    stored in a checkpoint."""
+    return any(key.startswith("dataset") for key in command_line_keys())
+
+
 def check_run_dir(argv: list[str] | None = None) -> None:
     """Fail in one line, before Hydra starts, when the run directory (`hydra.run.dir`, default under
     `outputs/`) cannot be created: Hydra would report it with a traceback."""

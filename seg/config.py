@@ -317,13 +317,18 @@ class LatencyConfig:
     input_size: int = 513
     peer_input_size: int = 512  # peers whose strides need a multiple of 16 (smp's DeepLabV3+)
     models: Optional[List[str]] = None  # names to run (None: all; the table lists the names)
-    # also et_fp32, et_int8: ExecuTorch on XNNPACK (pip install ".[executorch]")
+    # also et_fp32, et_int8: ExecuTorch on XNNPACK (pip install ".[executorch]"); tfl_fp32, tfl_int8: our
+    # TF Lite exports on LiteRT (pip install ".[tflite]")
     modes: List[str] = field(default_factory=lambda: ["eager", "fast", "ort_fp32", "ort_int8"])
     calibration_images: int = 16  # train images of the dataset that calibrate the int8 models
     agreement_images: int = 8  # val images on which int8 and fp32 argmaxes are compared
     # Training checkpoints to add as rows ("trained 1: ..."), each calibrated and compared on its
     # own dataset's images: the int8 agreement of trained weights (the other rows are random).
     checkpoints: List[str] = field(default_factory=list)
+    # Official TF Lite files (e.g. ../shared/fixtures/official/models/*.tflite) as peer rows on LiteRT, each
+    # racing the checkpoint at the same position in `checkpoints` (its conversion, tools/convert_tf.py),
+    # which then runs at the file's input size with its signature; needs modes tfl_fp32 / tfl_int8.
+    tflite_peers: List[str] = field(default_factory=list)
     peak_runs: int = 10  # timed runs of each peak measurement (matmul, 1x1 conv)
 
 
@@ -413,7 +418,7 @@ class ExportOutput(Choice):
 
 
 class Quantize(Choice):
-    int8 = "int8"  # onnx, web: ONNX Runtime static QDQ quantization; executorch: PT2E with XNNPACK's quantizer
+    int8 = "int8"  # onnx, web: ONNX Runtime static QDQ; executorch, tflite: PT2E (XNNPACK's / litert-torch's quantizer)
     none = "none"  # float32
 
 
@@ -429,12 +434,12 @@ class ExportConfig:
     # Static ONNX: the final logits resize, from up to 48 rows of logits, as two MatMuls with
     # bilinear weights (same values, faster on ONNX Runtime); false keeps it a Resize op.
     resize_matmul: bool = True
-    # int8 (onnx, web, executorch) or none (fp32); null: the format's default, int8 for web, none for the others
+    # int8 (onnx, web, executorch, tflite) or none (fp32); null: the format's default, int8 for web, none for the others
     quantize: Optional[Quantize] = None
     calibration_images: int = 32  # train-split images of the dataset that calibrate int8
     # int8: modules (state_dict paths) kept in float. The stem and first block run at half the
     # input resolution, where ONNX Runtime's int8 kernels are slower than float on x86; [] for all int8.
-    # web: this default becomes [] (the page then computes exactly what ONNX Runtime does natively).
+    # web, executorch, tflite: this default becomes [] (every layer int8; see export_float_modules).
     float_modules: List[str] = field(default_factory=lambda: ["backbone.stem", "backbone.blocks.0"])
     include_preprocessing: bool = False  # input raw uint8 RGB NHWC; normalisation inside the graph
     output: Optional[ExportOutput] = None  # null: the format's default, labels for web, logits for the others

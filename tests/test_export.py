@@ -296,11 +296,66 @@ def test_tflite_without_litert_torch_says_how_to_install(tmp_path):
         export(tmp_path, ckpt, "export.format=tflite")
 
 
-def test_tflite_export(tmp_path):
+def _mediapipe_labels(path: Path, image: np.ndarray) -> np.ndarray:
+    """The category mask of MediaPipe's ImageSegmenter task on `path`, with no code of ours."""
+    mp = pytest.importorskip("mediapipe")
+    from mediapipe.tasks.python import vision
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+
+    options = vision.ImageSegmenterOptions(
+        base_options=BaseOptions(model_asset_path=str(path)), output_category_mask=True
+    )
+    segmenter = vision.ImageSegmenter.create_from_options(options)
+    try:
+        result = segmenter.segment(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
+        return result.category_mask.numpy_view().reshape(image.shape[:2]).copy()
+    finally:
+        segmenter.close()
+
+
+def test_tflite_export_is_nhwc_with_metadata_that_mediapipe_runs(tmp_path):
     pytest.importorskip("litert_torch")
-    ckpt, _, _ = checkpoint(tmp_path, "mnv2_dm05", "aspp_lite")
+    from seg.export.runtime import load_exported
+
+    ckpt, model, cfg = checkpoint(tmp_path, "mnv2_dm05", "lraspp")
     report = export(tmp_path, ckpt, "export.format=tflite")
-    assert report["path"].endswith(".tflite") and report["check"]["agreement"] >= 0.999
+    path = Path(report["path"])
+    assert path.suffix == ".tflite" and report["check"]["agreement"] >= 0.999
+    meta = read_metadata(path)
+    assert meta["input"]["layout"] == "NHWC" and meta["input"]["dtype"] == "float32"
+    assert meta["output"]["layout"] == "NHWC" and meta["output"]["kind"] == "logits"
+    # As predict runs it, and as MediaPipe's task runs it from the metadata inside the file alone.
+    image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = model(normalize(torch.from_numpy(image).permute(2, 0, 1)[None], "imagenet")).argmax(1)[0].numpy()
+    ours = load_exported(path)(image)
+    assert (ours == expected).mean() >= 0.999
+    assert (_mediapipe_labels(path, image) == ours).mean() >= 0.99
+
+
+def test_tflite_int8_is_full_integer_and_checked(tmp_path):
+    pytest.importorskip("litert_torch")
+    from seg.export.tflite import TFLiteRunner
+
+    ckpt, model, _ = checkpoint(tmp_path, "mnv2_dm05", "lraspp")
+    report = export(
+        tmp_path, ckpt, "export.format=tflite", "export.quantize=int8", "export.include_preprocessing=true",
+        "export.min_agreement=0.9",
+    )  # fmt: skip
+    path = Path(report["path"])
+    assert path.name.endswith("-rgb8.int8.tflite") and report["quantize"] == "int8"
+    assert report["int8_check"]["agreement_vs_fp32"] >= 0.9 and report["calibration_images"] > 0
+    runner = TFLiteRunner(path)
+    assert np.dtype(runner.input["dtype"]) == np.uint8 and list(runner.input["shape"]) == [1, SIZE, SIZE, 3]
+    tensors = runner.interpreter.get_tensor_details()
+    convs = [t for t in tensors if np.dtype(t["dtype"]) == np.int8 and len(t["shape"]) == 4 and t["shape"][0] > 1]
+    assert convs and all(t["quantization_parameters"]["scales"].size == t["shape"][0] for t in convs)  # per channel
+    assert not [t for t in tensors if np.dtype(t["dtype"]) == np.float32 and len(t["shape"]) == 4 and t["shape"][0] > 1]
+    assert path.stat().st_size < 0.5 * Path(export(tmp_path, ckpt, "export.format=tflite")["path"]).stat().st_size
+    image = np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    from seg.export.runtime import load_exported
+
+    assert (_mediapipe_labels(path, image) == load_exported(path)(image)).mean() >= 0.99
 
 
 @pytest.mark.slow
@@ -338,7 +393,7 @@ def test_executorch_export_fp32_and_int8_run_on_executorch(tmp_path):
 
 def test_bad_option_combinations_are_refused(tmp_path):
     ckpt, _, _ = checkpoint(tmp_path)
-    with pytest.raises(ExportError, match="export.format=onnx, web or executorch"):
+    with pytest.raises(ExportError, match="export.format=onnx, web, executorch or tflite"):
         export(tmp_path, ckpt, "export.format=torchscript", "export.quantize=int8")
     with pytest.raises(ExportError, match="checkpoint=PATH"):
         run_export(config(tmp_path))

@@ -26,12 +26,16 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from seg.bench.timing import eager_call, ort_fp32_session, ort_version, time_call, time_in_turns
+from seg.cli import dataset_on_command_line
 from seg.errors import ConfigError
 from seg.fastpath import fast_model, fold_batchnorm
 from seg.flops import count_multiply_adds
 
-# et_*: ExecuTorch on XNNPACK (pip install ".[executorch]"), fp32 and int8 (every layer, XNNPACK's scheme)
-MODES = ("eager", "fast", "ort_fp32", "ort_int8", "et_fp32", "et_int8")
+# et_*: ExecuTorch on XNNPACK (pip install ".[executorch]"), fp32 and int8 (every layer, XNNPACK's scheme);
+# tfl_*: our TF Lite exports on LiteRT with its XNNPACK delegate (pip install ".[tflite]"), fp32 and
+# full-integer int8, and the official TF Lite files of `benchmark.latency.tflite_peers` (in the column
+# of their kind: a float file under tfl_fp32, an integer one under tfl_int8).
+MODES = ("eager", "fast", "ort_fp32", "ort_int8", "et_fp32", "et_int8", "tfl_fp32", "tfl_int8")
 
 
 class _Out(nn.Module):
@@ -102,11 +106,18 @@ class Spec:
     checkpoint: Optional[str] = None  # a trained model: its weights, its dataset's images, its normalisation
     normalization: str = "imagenet"
     dataset: Any = None  # None: the benchmark's dataset
+    input_size: Optional[int] = None  # None: benchmark.latency.input_size (or peer_input_size)
+    # The signature of the TF Lite exports (tfl_*): raw uint8 input with the normalisation inside, and
+    # the argmax inside; a checkpoint raced against an official file takes the file's.
+    tflite_uint8_input: bool = False
+    tflite_labels: bool = False
+    tflite_file: Optional[str] = None  # an official TF Lite file, run as it is (no model to build)
 
 
 SPECS = [
     Spec("mnv2_dm05+aspp_lite", _ours("mnv2", "aspp_lite", 0.5)),
     Spec("mnv2+aspp_lite", _ours("mnv2", "aspp_lite")),
+    Spec("mnv2_dm05+lraspp", _ours("mnv2", "lraspp", 0.5)),  # the default model
     Spec("mnv2+deeplabv3plus", _ours("mnv2", "deeplabv3plus")),
     Spec("mnv3_large+lraspp", _ours("mnv3_large", "lraspp")),
     Spec(
@@ -170,9 +181,10 @@ def measure_peak(threads: int, runs: int, workdir: Path) -> dict[str, Any]:
     return out
 
 
-def checkpoint_spec(path: str, index: int) -> Spec:
+def checkpoint_spec(path: str, index: int, peer: Optional[Spec] = None) -> Spec:
     """A row for a trained checkpoint (`benchmark.latency.checkpoints`), named `trained INDEX:
-    backbone + head`: timed like the others, and its int8 agreement is that of trained weights."""
+    backbone + head`: timed like the others, and its int8 agreement is that of trained weights.
+    `peer`: the official TF Lite file it races, whose input size and signature it takes."""
     from seg.engine.checkpoint import load_segmenter
 
     model, stored = load_segmenter(path)
@@ -183,6 +195,28 @@ def checkpoint_spec(path: str, index: int) -> Spec:
         checkpoint=str(path),
         normalization=str(normalization),
         dataset=stored.dataset,
+        input_size=peer.input_size if peer else None,
+        tflite_uint8_input=peer.tflite_uint8_input if peer else False,
+        tflite_labels=peer.tflite_labels if peer else False,
+    )
+
+
+def tflite_peer_spec(path: str, index: int) -> Spec:
+    """A row for an official TF Lite file (`benchmark.latency.tflite_peers`), named `official
+    INDEX: file name`, run as published at its own input size."""
+    from seg.export.tflite import official_tflite_metadata
+
+    meta = official_tflite_metadata(path)
+    if not meta["input"]["height"]:
+        raise ConfigError(f"benchmark.latency.tflite_peers: {path} has a dynamic input size; give a static-size file")
+    return Spec(
+        f"official {index}: {Path(path).name}",
+        lambda: nn.Identity(),
+        peer=True,
+        input_size=int(meta["input"]["height"]),
+        tflite_uint8_input=meta["input"]["dtype"] == "uint8",
+        tflite_labels=meta["output"]["kind"] == "labels",
+        tflite_file=str(path),
     )
 
 
@@ -224,7 +258,9 @@ def _prepare_model(
     """Build one model in every requested mode: its table row (sizes, int8 agreement) and one
     zero-argument call per mode, to be timed. `images(spec, split, size)` gives real inputs."""
     lat = cfg.benchmark.latency
-    size = lat.peer_input_size if spec.multiple_of_16 else lat.input_size
+    size = spec.input_size or (lat.peer_input_size if spec.multiple_of_16 else lat.input_size)
+    if spec.tflite_file:
+        return _tflite_peer(spec, size, cfg.benchmark.threads)
     torch.manual_seed(0)
     model = spec.build().eval()
     calib, check = images(spec, "train", size), images(spec, "val", size)
@@ -270,7 +306,61 @@ def _prepare_model(
             row["fp32_classes"] = float(np.mean([len(np.unique(a)) for a, _ in labels])) if labels else None
     if "et_fp32" in modes or "et_int8" in modes:
         calls.update(_executorch_calls(model, x, calib, check, workdir, cfg.benchmark.threads, modes, row))
+    if "tfl_fp32" in modes or "tfl_int8" in modes:
+        calls.update(_tflite_calls(model, spec, calib, check, workdir, cfg.benchmark.threads, modes, row))
     return row, calls
+
+
+def _tflite_peer(spec: Spec, size: int, threads: int) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
+    """An official TF Lite file's row and call: LiteRT with its XNNPACK delegate, as the apps run it."""
+    from seg.export.tflite import TFLiteRunner
+
+    runner = TFLiteRunner(spec.tflite_file, threads)  # type: ignore[arg-type]
+    image = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    x = image if spec.tflite_uint8_input else (image.astype(np.float32) - 128) / 128
+    row = {"model": spec.name, "peer": True, "input_size": size, "multiply_adds": 0, "params": None}
+    row["checkpoint"], row["tflite_file"] = None, spec.tflite_file
+    mode = "tfl_int8" if spec.tflite_uint8_input else "tfl_fp32"
+    return row, {mode: lambda: runner(x)}
+
+
+def _tflite_calls(
+    model: nn.Module, spec: Spec, calib: list, check: list, workdir: Path, threads: int, modes: list, row: dict
+) -> dict[str, Callable[[], Any]]:
+    """The LiteRT calls of our TF Lite exports of `model` (NHWC, the signature of `spec`): fp32, and
+    full-integer int8 calibrated on `calib` (its argmax agreement with fp32 on `check` goes into `row`)."""
+    from seg.export.common import ExportWrapper
+    from seg.export.tflite import TFLiteRunner, export_tflite
+
+    raw, labels = spec.tflite_uint8_input, spec.tflite_labels
+    wrapper = ExportWrapper(fold_batchnorm(model), raw, labels, channels_last=True).eval()
+    mean = model.pixel_mean.detach().numpy().reshape(1, 3, 1, 1)
+    std = model.pixel_std.detach().numpy().reshape(1, 3, 1, 1)
+
+    def nhwc(x: np.ndarray) -> np.ndarray:  # a normalised NCHW input as the export's input
+        if raw:
+            x = np.clip(np.round(x * std + mean), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+    def classes(out: np.ndarray) -> np.ndarray:
+        return out if labels else out.argmax(-1)
+
+    inputs, check_inputs = [nhwc(v) for v in calib], [nhwc(v) for v in check]
+    sample = torch.from_numpy(inputs[0])
+    stem = workdir / f"{len(list(workdir.iterdir()))}"
+    row["tflite_signature"] = f"{'uint8' if raw else 'float32'} NHWC in, {'labels' if labels else 'logits'} out"
+    calls: dict[str, Callable[[], Any]] = {}
+    fp32 = TFLiteRunner(export_tflite(wrapper, stem.with_suffix(".tflite"), sample), threads)
+    if "tfl_fp32" in modes:
+        x32 = inputs[0]
+        calls["tfl_fp32"] = lambda: fp32(x32)
+    if "tfl_int8" in modes:
+        int8 = TFLiteRunner(export_tflite(wrapper, stem.with_suffix(".int8.tflite"), sample, inputs), threads)
+        x8 = int8.quantize_input(inputs[0])  # an int8 input takes quantized data: done once, not timed
+        calls["tfl_int8"] = lambda: int8(x8)
+        pairs = [(classes(fp32(v)), classes(int8(v))) for v in check_inputs]
+        row["tfl_int8_agreement"] = float(np.mean([(a == q).mean() for a, q in pairs])) if pairs else None
+    return calls
 
 
 def _executorch_calls(
@@ -310,8 +400,21 @@ def benchmark_latency(cfg: Any) -> dict[str, Any]:
     if lat.models is not None and len(specs) != len(lat.models):
         known = ", ".join(s.name for s in SPECS)
         raise ConfigError(f"unknown name in benchmark.latency.models {list(lat.models)}: known: {known}")
-    specs += [checkpoint_spec(path, i + 1) for i, path in enumerate(lat.checkpoints)]  # a bad path fails first
+    # Official TF Lite files race the checkpoint at the same position (its conversion): same size, same signature.
+    peers = [tflite_peer_spec(path, i + 1) for i, path in enumerate(lat.tflite_peers)]
+    if peers and len(lat.checkpoints) < len(peers):
+        raise ConfigError(
+            f"benchmark.latency.tflite_peers has {len(peers)} file(s) and benchmark.latency.checkpoints "
+            f"{len(lat.checkpoints)}: give each official file the checkpoint it races (its conversion by "
+            "tools/convert_tf.py), in the same order"
+        )
+    paired = [peers[i] if i < len(peers) else None for i in range(len(lat.checkpoints))]
+    specs += [
+        checkpoint_spec(path, i + 1, paired[i]) for i, path in enumerate(lat.checkpoints)
+    ]  # a bad path fails first
+    specs += peers
     skipped: list[str] = []
+    keep_dataset = dataset_on_command_line()  # dataset overrides: the checkpoints' images come from there too
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         peak = measure_peak(b.threads, lat.peak_runs, workdir)
@@ -324,16 +427,23 @@ def benchmark_latency(cfg: Any) -> dict[str, Any]:
             count = lat.calibration_images if split == "train" else lat.agreement_images
             key = (spec.checkpoint, split, size)
             if key not in cache:
-                cache[key] = _real_inputs(spec.dataset or cfg.dataset, split, count, size, spec.normalization)
+                dataset = cfg.dataset if keep_dataset else spec.dataset or cfg.dataset
+                cache[key] = _real_inputs(dataset, split, count, size, spec.normalization)
             return cache[key]
 
-        prepared = []
+        prepared: list[tuple[dict, dict]] = []
         for spec in specs:
             if spec.name.startswith("smp") and not _smp_installed():
                 skipped.append(f"{spec.name}: segmentation_models_pytorch not installed")
                 continue
             print(f"preparing {spec.name} ...", flush=True)
             prepared.append(_prepare_model(spec, cfg, workdir, images))
+            if spec.tflite_file:  # the multiply-adds of its conversion, for the GFLOP/s
+                index = peers.index(spec)
+                prepared[-1][0]["multiply_adds"] = next(
+                    row["multiply_adds"] for row, _ in prepared if row["model"].startswith(f"trained {index + 1}:")
+                )
+                prepared[-1][0]["races"] = f"trained {index + 1}"
         print(f"timing {len(prepared)} models x {len(lat.modes)} modes, {b.runs} rounds ...", flush=True)
         time_in_turns(prepared, b.warmup, b.runs)
         rows = [row for row, _ in prepared]
@@ -388,7 +498,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{r['ort_fp32']['gflops']:.1f} of {peak:.1f} GFLOP/s",
             )
     for r in result["results"]:
-        if r["model"].startswith("mnv2") and "ort_int8" in r and "ort_fp32" in r:
+        if not r["peer"] and not r.get("checkpoint") and "ort_int8" in r and "ort_fp32" in r:
             fp32, int8 = r["ort_fp32"]["median_ms"], r["ort_int8"]["median_ms"]
             add(
                 f"{r['model']} ONNX Runtime int8 vs fp32 (speed-up)",
@@ -412,6 +522,34 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             0.98,
             "give benchmark.latency.checkpoints=[PATH]; the other rows have random weights",
         )
+    for r in result["results"]:
+        if r.get("races"):  # an official TF Lite file against our TF Lite export of its conversion, on LiteRT
+            mode = "tfl_int8" if "tfl_int8" in r else "tfl_fp32"
+            ours = next(o for o in result["results"] if o["model"].startswith(r["races"] + ":"))
+            theirs, mine = _ms(r, mode), _ms(ours, mode)
+            add(
+                f"{ours['model']} TF Lite {mode[4:]} vs {r['model']} on LiteRT (speed-up)",
+                theirs / mine if theirs and mine else None,
+                1.3 if mode == "tfl_int8" else 1.0,
+                f"{mine and round(mine, 1)} ms vs {theirs and round(theirs, 1)} ms",
+            )
+    for r in result["results"]:
+        if r.get("checkpoint") and r.get("tfl_int8_agreement") is not None:
+            add(
+                f"{r['model']} TF Lite int8 argmax agreement with TF Lite fp32 (real val images)",
+                r["tfl_int8_agreement"],
+                0.98,
+                r["checkpoint"],
+            )
+    aspp = rows.get("mnv2+aspp_lite", {})
+    if "tfl_int8" in aspp and "tfl_fp32" in aspp:
+        fp32, int8 = aspp["tfl_fp32"]["median_ms"], aspp["tfl_int8"]["median_ms"]
+        add(
+            "mnv2+aspp_lite TF Lite int8 vs fp32 on LiteRT (speed-up)",
+            fp32 / int8,
+            2.0,
+            f"{fp32:.1f} ms vs {int8:.1f} ms",
+        )
     small, tv = rows.get("mnv2_dm05+aspp_lite", {}), rows.get("tv lraspp_mobilenet_v3_large", {})
     a, c = _ms(small, "ort_int8"), _ms(tv, "ort_int8")
     add(
@@ -427,6 +565,7 @@ def format_table(result: dict[str, Any]) -> str:
     """The markdown table (median / p90 ms per mode) and the targets."""
     peak = result["peak"]
     et = any("et_fp32" in r or "et_int8" in r for r in result["results"])
+    tfl = any("tfl_fp32" in r or "tfl_int8" in r for r in result["results"])
     lines = [
         f"CPU peak ({result['threads']} threads): fp32 matmul 2048^3 {peak['matmul_gflops']:.1f} GFLOP/s; "
         f"1x1 conv 256->256 @128x128 {peak['conv1x1_torch_gflops']:.1f} GFLOP/s (torch), "
@@ -435,8 +574,12 @@ def format_table(result: dict[str, Any]) -> str:
         "ms as median / p90; GFLOP/s = 2 x multiply-adds / median",
         "",
         "| model | input | MAdds | eager | fast path | ORT fp32 | ORT int8 | int8 speed-up | int8 agreement | "
-        "ORT fp32 GFLOP/s | % of 1x1 peak |" + (" ExecuTorch fp32 | ExecuTorch int8 | int8 agreement |" if et else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if et else ""),
+        "ORT fp32 GFLOP/s | % of 1x1 peak |"
+        + (" ExecuTorch fp32 | ExecuTorch int8 | int8 agreement |" if et else "")
+        + (" LiteRT fp32 | LiteRT int8 | int8 speed-up | int8 agreement |" if tfl else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|---|---|" if et else "")
+        + ("---|---|---|---|" if tfl else ""),
     ]
     for r in result["results"]:
 
@@ -458,13 +601,24 @@ def format_table(result: dict[str, Any]) -> str:
         if et:
             et_agree = "-" if r.get("et_int8_agreement") is None else f"{100 * r['et_int8_agreement']:.1f}%"
             et_cells = f" {cell('et_fp32')} | {cell('et_int8')} | {et_agree} |"
+        if tfl:
+            tfl_agree = "-" if r.get("tfl_int8_agreement") is None else f"{100 * r['tfl_int8_agreement']:.1f}%"
+            tfl_speedup = (
+                f"{r['tfl_fp32']['median_ms'] / r['tfl_int8']['median_ms']:.2f}x"
+                if "tfl_int8" in r and "tfl_fp32" in r
+                else "-"
+            )
+            et_cells += f" {cell('tfl_fp32')} | {cell('tfl_int8')} | {tfl_speedup} | {tfl_agree} |"
+        madds = f"{r['multiply_adds'] / 1e9:.2f}B" if r["multiply_adds"] else "-"
         lines.append(
-            f"| {name} | {r['input_size']} | {r['multiply_adds'] / 1e9:.2f}B | {cell('eager')} | {cell('fast')} | "
+            f"| {name} | {r['input_size']} | {madds} | {cell('eager')} | {cell('fast')} | "
             f"{cell('ort_fp32')} | {cell('ort_int8')} | {speedup} | {agree} | {gflops} | {frac} |{et_cells}"
         )
     for r in result["results"]:
         if r.get("checkpoint"):
             lines.append(f"\n{r['model'].split(':')[0]}: {r['checkpoint']}")
+        if r.get("tflite_file"):
+            lines.append(f"\n{r['model'].split(':')[0]}: {r['tflite_file']} (races {r['races']})")
     for s in result.get("skipped", []):
         lines.append(f"\nnot run: {s}")
     lines += ["", "| target | goal | measured | met |", "|---|---|---|---|"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from seg.cli import command_line_keys, launch, one_line_errors
+from seg.cli import dataset_on_command_line, launch, one_line_errors
 from seg.commands import CONFIG_NAME, CONFIG_PATH
 from seg.config import check_config, register_configs
 from seg.export import run_export
@@ -30,7 +30,7 @@ register_configs()
 @one_line_errors
 def main(cfg: DictConfig) -> None:
     check_config(cfg)
-    user_set_dataset = any(key.startswith("dataset") for key in command_line_keys())
+    user_set_dataset = dataset_on_command_line()
     run_export(cfg, keep_dataset=user_set_dataset)
 
 

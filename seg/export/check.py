@@ -30,10 +30,12 @@ def compare(
     inputs: Sequence[np.ndarray],
     labels: bool = False,
     valid: Optional[Sequence[tuple[int, int]]] = None,
+    class_axis: int = 1,
 ) -> dict[str, Any]:
     """Run both on every input. Returns the largest absolute logit difference (None for label
     outputs) and the fraction of pixels whose argmax (or label) agrees; with `valid`, the (h, w)
-    of each input's image part (letterboxed inputs), the agreement counts only those pixels."""
+    of each input's image part (letterboxed inputs), the agreement counts only those pixels.
+    `class_axis`: of the logits, 1 for NCHW, -1 for NHWC (TF Lite)."""
     max_abs, agree, total = 0.0, 0, 0
     for i, x in enumerate(inputs):
         ref, out = reference(x), exported(x)
@@ -48,7 +50,7 @@ def compare(
             a, b = ref, out
         else:
             max_abs = max(max_abs, float(np.abs(ref.astype(np.float64) - out.astype(np.float64)).max()))
-            a, b = ref.argmax(1), out.argmax(1)
+            a, b = ref.argmax(class_axis), out.argmax(class_axis)
         if valid is not None:
             h, w = valid[i]
             a, b = a[..., :h, :w], b[..., :h, :w]

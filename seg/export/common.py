@@ -27,27 +27,57 @@ class ExportWrapper(nn.Module):
     """The exported signature around a segmenter.
 
     - `include_preprocessing`: the input is raw RGB uint8 NHWC and the normalisation runs inside
-      (cast, transpose, subtract mean, multiply by 1/std); otherwise normalised float NCHW.
+      (cast, subtract mean, multiply by 1/std, transpose); otherwise normalised float, NCHW.
     - `labels`: the output is the per-pixel argmax as uint8 [N, H, W]; otherwise float logits
       [N, C, H, W].
+    - `channels_last`: TF Lite's layout, NHWC, at both ends: a float input [N, H, W, 3] and logits
+      [N, H, W, C] (the converter folds the transposes into the first and last layers).
+    - `input_normalization` (mean, std), one value each: the float input is (pixel - mean) / std, the
+      same for every channel (all that TF Lite metadata can say), and the model's own per-channel
+      normalisation is restored inside by one multiply-add.
     """
 
-    def __init__(self, model: nn.Module, include_preprocessing: bool = False, labels: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        include_preprocessing: bool = False,
+        labels: bool = False,
+        input_normalization: Optional[tuple[float, float]] = None,
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model
         self.include_preprocessing = include_preprocessing
         self.labels = labels
-        # The model's own normalisation (a Segmenter's pixel_mean / pixel_std buffers).
-        self.register_buffer("mean", model.pixel_mean.detach().clone().view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("inv_std", 1.0 / model.pixel_std.detach().clone().view(1, 3, 1, 1), persistent=False)
+        self.channels_last = channels_last
+        # The model's own normalisation (a Segmenter's pixel_mean / pixel_std buffers), per channel,
+        # shaped for the input's layout: raw bytes and channels-last inputs are NHWC.
+        nhwc = include_preprocessing or channels_last
+        shape = (1, 1, 1, 3) if nhwc else (1, 3, 1, 1)
+        mean = model.pixel_mean.detach().clone().reshape(shape)
+        std = model.pixel_std.detach().clone().reshape(shape)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("inv_std", 1.0 / std, persistent=False)
+        self.renormalize = input_normalization is not None and not include_preprocessing
+        if self.renormalize:  # pixel = x * s + m, so the model's input is x * s / std + (m - mean) / std
+            m, s = input_normalization  # type: ignore[misc]
+            self.register_buffer("input_scale", s / std, persistent=False)
+            self.register_buffer("input_shift", (m - mean) / std, persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image
+        # Element-wise steps first, in the input's own layout; the transpose then sits next to the first conv.
         if self.include_preprocessing:
-            x = (x.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+            x = (x.float() - self.mean) * self.inv_std
+        elif self.renormalize:
+            x = x * self.input_scale + self.input_shift
+        if self.include_preprocessing or self.channels_last:
+            x = x.permute(0, 3, 1, 2)
         logits = self.model(x)
+        if self.channels_last:
+            logits = logits.permute(0, 2, 3, 1)
         if self.labels:
-            return logits.argmax(dim=1).to(torch.uint8)
+            return logits.argmax(dim=-1 if self.channels_last else 1).to(torch.uint8)
         return logits
 
 
@@ -87,9 +117,11 @@ def build_metadata(
     model_cfg: Any,
     quantize: Optional[str] = None,
     opset: Optional[int] = None,
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Everything an app needs to feed the model and read its output, plus its provenance. The
-    normalisation values are the model's own (`normalization` only names them)."""
+    normalisation values are the model's own (`normalization` only names them). `channels_last`:
+    the input and the logits are NHWC (TF Lite's layout), else NCHW where not raw bytes."""
     from seg.models.segmenter import part_names
 
     norm = str(normalization)
@@ -105,7 +137,7 @@ def build_metadata(
         "palette": voc_palette(max(len(class_names), 1)).tolist(),
         "input": {
             "name": "image",
-            "layout": "NHWC" if include_preprocessing else "NCHW",
+            "layout": "NHWC" if include_preprocessing or channels_last else "NCHW",
             "dtype": "uint8" if include_preprocessing else "float32",
             "channels": "RGB",
             # null height/width: any size (export.dynamic=true)
@@ -121,7 +153,7 @@ def build_metadata(
         "output": {
             "name": "labels" if labels else "logits",
             "kind": "labels" if labels else "logits",
-            "layout": "NHW" if labels else "NCHW",
+            "layout": "NHW" if labels else "NHWC" if channels_last else "NCHW",
             "dtype": "uint8" if labels else "float32",
         },
         "resize": "bilinear, align_corners=False",

@@ -53,10 +53,10 @@ def export_float_modules(e: Any) -> list[str]:
     """`export.float_modules` as the int8 export runs it. For web its default (the stem and first
     block in float: a speed choice for ONNX Runtime's x86 kernels) becomes [], every layer int8: float
     layers round differently in WebAssembly and on x86, int8 rounding then amplifies it, and the page
-    would agree with ONNX Runtime in Python on ~99.8% of the pixels instead of all. For executorch too:
-    the choice was ONNX Runtime's, and XNNPACK runs every layer int8. Any other value holds."""
+    would agree with ONNX Runtime in Python on ~99.8% of the pixels instead of all. For executorch and
+    tflite too: the choice was ONNX Runtime's, and XNNPACK runs every layer int8. Any other value holds."""
     modules = [str(m) for m in e.float_modules]
-    if _plain(e.format) in ("web", "executorch") and modules == DEFAULT_FLOAT_MODULES:
+    if _plain(e.format) in ("web", "executorch", "tflite") and modules == DEFAULT_FLOAT_MODULES:
         return []
     return modules
 
@@ -96,8 +96,10 @@ def _samples(dataset_cfg: Any, split: str, count: Optional[int]) -> list[tuple[n
 def _validate(cfg: DictConfig) -> None:
     e = cfg.export
     fmt, quantize = _plain(e.format), export_quantize(e)
-    if quantize and fmt not in ("onnx", "web", "executorch"):
-        raise ExportError(f"export.quantize={quantize} is for export.format=onnx, web or executorch (got format {fmt})")
+    if quantize and fmt not in ("onnx", "web", "executorch", "tflite"):
+        raise ExportError(
+            f"export.quantize={quantize} is for export.format=onnx, web, executorch or tflite (got format {fmt})"
+        )
     if fmt in ("tflite", "web", "executorch") and e.dynamic:
         why = "the page letterboxes images into the static input" if fmt == "web" else "static size only"
         raise ExportError(f"export.dynamic=true is not supported for export.format={fmt} ({why})")
@@ -122,7 +124,7 @@ def _check_destination(path: Path, checkpoint: Path, overwrite: bool) -> None:
 def _embed_metadata(built: Path, fmt: str, metadata: dict[str, Any]) -> None:
     """The final metadata (check results included) inside the file, where the format has room:
     ONNX metadata_props (the exporter's notes on each node dropped), TorchScript's `seg.json` extra file.
-    TF Lite and ExecuTorch keep it beside only."""
+    TF Lite metadata for apps (MediaPipe's ImageSegmenter reads it). ExecuTorch keeps it beside only."""
     if fmt == "onnx":
         import onnx
 
@@ -136,6 +138,10 @@ def _embed_metadata(built: Path, fmt: str, metadata: dict[str, Any]) -> None:
         from seg.export.torchscript import set_torchscript_metadata
 
         set_torchscript_metadata(built, metadata)
+    elif fmt == "tflite":
+        from seg.export.tflite_metadata import embed_tflite_metadata
+
+        embed_tflite_metadata(built, metadata)
 
 
 def _move_into_place(built: Path, path: Path) -> None:
@@ -184,9 +190,23 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
         model_cfg=stored.model,
         quantize=quantize,
         opset=e.opset,
+        channels_last=fmt == "tflite",
     )
-    reference = ExportWrapper(model, preprocessing, labels)
-    exportable = ExportWrapper(fold_batchnorm(model), preprocessing, labels).eval()
+    input_normalization = None
+    if fmt == "tflite" and not preprocessing:
+        from seg.export.tflite import uniform_input_normalization
+
+        input_normalization = uniform_input_normalization(model)
+        if input_normalization:
+            m, s = input_normalization
+            metadata["normalization"].update(
+                name=f"(pixel - {m:g}) / {s:g}; the model's own ({normalization}) inside", mean=[m] * 3, std=[s] * 3
+            )
+    # TF Lite's layout is NHWC at both ends; the checks run PyTorch the same way.
+    nhwc = fmt == "tflite"
+    class_axis = -1 if nhwc else 1
+    reference = ExportWrapper(model, preprocessing, labels, input_normalization, nhwc)
+    exportable = ExportWrapper(fold_batchnorm(model), preprocessing, labels, input_normalization, nhwc).eval()
 
     # Real inputs, prepared exactly as predict prepares them (letterboxed for a static size).
     prepare = ExportedPredictor(lambda x: x, metadata).prepare
@@ -229,9 +249,10 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
         else:
             from seg.export.tflite import TFLiteRunner, export_tflite
 
-            export_tflite(exportable, built, sample)
-            runner = TFLiteRunner(built)
-        check = compare(torch_runner(reference), runner, inputs, labels, valid)
+            fp32_path = Path(tmp) / "fp32.tflite" if quantize else built
+            export_tflite(exportable, fp32_path, sample)
+            runner = TFLiteRunner(fp32_path)
+        check = compare(torch_runner(reference), runner, inputs, labels, valid, class_axis)
         report["check"] = check
         print(format_check(f"check {fmt} fp32 vs PyTorch", check))
         _gate(check, FP32_AGREEMENT if e.min_agreement is None else e.min_agreement, path, "vs PyTorch")
@@ -255,6 +276,7 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
                     valid,
                     prepare,
                     destination=path,
+                    class_axis=class_axis,
                 )
             )
         metadata["check"] = report.get("int8_check", report["check"])
@@ -313,6 +335,7 @@ def _quantize(
     valid,
     prepare,
     destination: Path,
+    class_axis: int = 1,
 ) -> dict:
     from seg.engine.qat import convert as convert_qat
     from seg.engine.qat import qat_from_state, shift_activations
@@ -320,10 +343,16 @@ def _quantize(
     from seg.export.quantize import quantize_int8
 
     e = cfg.export
-    fmt = _plain(e.format)  # onnx, web (an ONNX model too) or executorch
+    fmt = _plain(e.format)  # onnx, web (an ONNX model too), executorch or tflite
     labels = export_output(e) == "labels"
     sample = torch.from_numpy(inputs[0])
     qat = qat_from_state(state, model, stored, checkpoint)
+    if qat is not None and fmt == "tflite":
+        raise ExportError(
+            f"{checkpoint} holds the ranges of quantization-aware training (train.qat), which export.format=tflite "
+            "does not take yet: export it as onnx or executorch, or export its float weights from a checkpoint of "
+            "the run before train.qat"
+        )
     if qat is not None:
         # Quantization-aware training learned the ranges, for every layer: no calibration.
         metadata["float_modules"], metadata["int8_ranges"] = [], "quantization-aware training"
@@ -352,16 +381,24 @@ def _quantize(
 
             quantized = quantize_for_xnnpack(exportable, sample, calibration_inputs, float_modules)
             export_executorch(quantized, path, sample)
+        elif fmt == "tflite":
+            from seg.export.tflite import export_tflite
+
+            export_tflite(exportable, path, sample, calibration_inputs, [f"model.{m}" for m in float_modules])
         else:
             quantize_int8(fp32_path, path, calibration_inputs, float_modules)
     if fmt == "executorch":
         from seg.export.executorch import ExecuTorchRunner
 
         int8 = ExecuTorchRunner(path)
+    elif fmt == "tflite":
+        from seg.export.tflite import TFLiteRunner
+
+        int8 = TFLiteRunner(path)
     else:
         int8 = OnnxRunner(path)
-    vs_torch = compare(torch_runner(reference), int8, inputs, labels, valid)
-    vs_fp32 = compare(fp32_runner, int8, inputs, labels, valid)
+    vs_torch = compare(torch_runner(reference), int8, inputs, labels, valid, class_axis)
+    vs_fp32 = compare(fp32_runner, int8, inputs, labels, valid, class_axis)
     print(format_check(f"check {fmt} int8 vs PyTorch", vs_torch))
     print(format_check(f"check {fmt} int8 vs fp32", vs_fp32))
     out: dict[str, Any] = {

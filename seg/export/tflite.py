@@ -8,7 +8,7 @@ import copy
 import os
 import types
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,26 +32,104 @@ def _pool_by_resize(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(pooled, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def export_tflite(module: nn.Module, path: str | os.PathLike, sample: torch.Tensor) -> Path:
-    """Convert `module` for LiteRT at the static size of `sample`."""
+def _litert() -> Any:
     try:
         import litert_torch
     except ImportError as exc:
         raise ExportError(MISSING) from exc
+    return litert_torch
+
+
+# Float input of a TF Lite export whose model normalises per channel: (pixel - 127.5) / 127.5, the
+# input of TF DeepLab and of MediaPipe's own models. TF Lite metadata holds one mean and std for all
+# channels as far as MediaPipe's ImageSegmenter goes ("Per-channel image normalization is not available").
+UNIFORM_NORMALIZATION = (127.5, 127.5)
+
+
+def uniform_input_normalization(model: nn.Module) -> Optional[tuple[float, float]]:
+    """The (mean, std) a TF Lite export's float input takes instead of the model's own per-channel
+    values (restored inside, `ExportWrapper(input_normalization=...)`); None when the model's are
+    already one value for all channels."""
+    mean, std = model.pixel_mean.flatten(), model.pixel_std.flatten()
+    if bool((mean == mean[0]).all()) and bool((std == std[0]).all()):
+        return None
+    return UNIFORM_NORMALIZATION
+
+
+def _pool_modules_by_resize(module: nn.Module) -> nn.Module:
     from seg.models.aspp import ImagePooling
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module = copy.deepcopy(module).eval()
     for m in module.modules():
         if isinstance(m, ImagePooling):
             m.forward = types.MethodType(_pool_by_resize, m)
+    return module
+
+
+def _restore_source_functions(graph: torch.fx.GraphModule) -> None:
+    """litert-torch's quantizer finds additions, multiplications and concatenations by the Python
+    function that made each node (`source_fn_stack`), which `torch.export` no longer records: without
+    it every residual addition stays float between a dequantize and a quantize. Restored from the ATen
+    op, one partition per node."""
+    import operator
+
+    aten = torch.ops.aten
+    functions = {aten.add.Tensor: operator.add, aten.mul.Tensor: operator.mul, aten.cat.default: torch.cat}
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and node.target in functions and not node.meta.get("source_fn_stack"):
+            node.meta["source_fn_stack"] = [(node.name, functions[node.target])]
+
+
+def quantizer(float_modules: Sequence[str] = ()) -> Any:
+    """litert-torch's PT2E quantizer as TF Lite's int8 kernels want it: int8 weights per output
+    channel, symmetric; int8 activations per tensor, asymmetric; `float_modules` (paths in the
+    module given to `export_tflite`) stay float."""
+    _litert()
+    from litert_torch.quantize import pt2e_quantizer as pt2e
+
+    q = pt2e.PT2EQuantizer().set_global(pt2e.get_symmetric_quantization_config(is_per_channel=True))
+    for name in float_modules:
+        q.set_module_name(name, None)
+    return q
+
+
+def export_tflite(
+    module: nn.Module,
+    path: str | os.PathLike,
+    sample: torch.Tensor,
+    calibration: Optional[Sequence[np.ndarray]] = None,
+    float_modules: Sequence[str] = (),
+) -> Path:
+    """Convert `module` for LiteRT at the static size of `sample`: float32, or with `calibration`
+    (inputs like `sample`) full-integer int8 through PT2E (prepare, calibrate, convert), the int8
+    graph handed to the converter with its quantizer."""
+    litert_torch = _litert()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = _pool_modules_by_resize(module)
     try:
-        with quiet_logging("", "absl", "jax", "litert_torch"):
-            edge = litert_torch.convert(module, (sample,))
+        with quiet_logging("", "absl", "jax", "litert_torch"), torch.no_grad():
+            if calibration is None:
+                edge = litert_torch.convert(module, (sample,))
+            else:
+                from litert_torch.quantize.quant_config import QuantConfig
+
+                from seg.engine.qat import _pt2e
+
+                pt2e, q = _pt2e().quantize_pt2e, quantizer(float_modules)
+                graph = torch.export.export(module, (sample,)).module()
+                _restore_source_functions(graph)
+                prepared = pt2e.prepare_pt2e(graph, q)
+                for x in calibration:
+                    prepared(torch.from_numpy(np.ascontiguousarray(x)))
+                converted = pt2e.convert_pt2e(prepared, fold_quantize=False)
+                edge = litert_torch.convert(converted, (sample,), quant_config=QuantConfig(pt2e_quantizer=q))
             edge.export(str(path))
+    except ExportError:
+        raise
     except Exception as exc:
-        raise ExportError(f"TFLite conversion failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        what = "TFLite conversion" if calibration is None else "TFLite int8 quantization"
+        raise ExportError(f"{what} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     return path
 
 
@@ -74,12 +152,23 @@ class TFLiteRunner:
         self.output = self.interpreter.get_output_details()[0]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = self.quantize_input(x)
         if tuple(x.shape) != tuple(self.input["shape"]):
             self.interpreter.resize_tensor_input(self.input["index"], list(x.shape))
             self.interpreter.allocate_tensors()
         self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(x))
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output["index"]).copy()
+        return self.interpreter.get_tensor(self.output["index"])  # a copy already
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """Float data for an integer input with quantization parameters (a full-integer model whose
+        float input the converter folded into its first op): quantized as the model says."""
+        dtype = np.dtype(self.input["dtype"])
+        scale, zero_point = self.input.get("quantization", (0.0, 0))
+        if x.dtype.kind != "f" or dtype.kind not in "iu" or not scale:
+            return x
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
 
 
 def _describe(details: list[dict[str, Any]]) -> str:

@@ -68,7 +68,16 @@ class ConvBNAct(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stride = self.conv.stride[0]
         if self.tf_same_padding and stride > 1:
-            x = F.pad(x, tf_same_pad(x.shape[-2:], self.conv.kernel_size[0], stride, self.conv.dilation[0]))
+            conv = self.conv
+            left, right, top, bottom = tf_same_pad(x.shape[-2:], conv.kernel_size[0], stride, conv.dilation[0])
+            if left != right or top != bottom:
+                return super().forward(F.pad(x, (left, right, top, bottom)))
+            # Odd sizes (513 -> 257 -> 129 ...): "SAME" is symmetric, the conv's own padding, and exported
+            # graphs carry no separate Pad (converters leave it, with layout transposes, at full resolution).
+            x = F.conv2d(x, conv.weight, conv.bias, conv.stride, (top, left), conv.dilation, conv.groups)
+            for layer in list(self.children())[1:]:
+                x = layer(x)
+            return x
         return super().forward(x)
 
 
