@@ -64,6 +64,11 @@ def test_converted_model_and_export_agree_with_the_official_files(measured):
             assert row["agreement"] >= minimum, (name, key, row["agreement"])
             assert row["mean_image_agreement"] >= minimum, (name, key, row["per_image_agreement"])
             assert len(row["per_image_agreement"]) == len(result["images"])
+    # The round trip back to TF Lite (with litert-torch): fp32 as the official file, int8 close to it.
+    if "tflite_fp32" in result["models"][FLOAT]["runtimes"]:
+        assert result["models"][FLOAT]["runtimes"]["tflite_fp32"]["agreement"] >= 0.999
+        for name in (FLOAT, QUANT):
+            assert result["models"][name]["runtimes"]["tflite_int8"]["agreement"] >= 0.9
     assert result["models"][FLOAT]["input_size"] == [257, 257]
     assert result["models"][FLOAT]["output_stride"] == 8
     assert result["models"][QUANT]["input_size"] == [513, 513]

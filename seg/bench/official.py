@@ -1,6 +1,8 @@
 """`tools/benchmark.py official`: the official DeepLab TF Lite files, run as published on LiteRT,
-against our conversion of each (`seg.models.official.convert_source`) on PyTorch and its ONNX
-export on ONNX Runtime, on real PASCAL VOC images.
+against our conversion of each (`seg.models.official.convert_source`) on PyTorch, its ONNX export
+on ONNX Runtime and (with litert-torch installed) its TF Lite exports on LiteRT, fp32 and int8, on
+real PASCAL VOC images. The int8 export is calibrated on the benchmark's own images, all the real
+ones there are: its agreement is an upper bound for unseen images.
 
 Every image is fed as the official apps feed it: the whole image stretched to the file's input
 size (bilinear, `cv2.resize` INTER_LINEAR on the uint8 RGB image); each runtime's class map comes
@@ -35,7 +37,19 @@ RUNTIMES = {  # key -> table name; the first is the reference of the agreement
     "litert": "LiteRT (official file)",
     "pytorch": "PyTorch (converted)",
     "onnx": "ONNX Runtime fp32 (our export)",
+    # with litert-torch installed (pip install ".[tflite]"): the round trip back to TF Lite
+    "tflite_fp32": "LiteRT fp32 (our TF Lite export)",
+    "tflite_int8": "LiteRT int8 (our TF Lite export)",
 }
+TFLITE_RUNTIMES = ("tflite_fp32", "tflite_int8")
+
+
+def _litert_torch_installed() -> bool:
+    try:
+        import litert_torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass
@@ -74,9 +88,11 @@ def find_samples(voc_roots: list[str], extra_images: list[str]) -> list[Sample]:
 
 
 class _Runtimes:
-    """One official file on the three runtimes: uint8 RGB image at the input size -> class map."""
+    """One official file on the runtimes: uint8 RGB image at the input size -> class map. With
+    `calibration` (uint8 RGB images at the input size), also our TF Lite exports of the conversion,
+    fp32 and int8 calibrated on them (same signature as ONNX: raw bytes NHWC in, logits out)."""
 
-    def __init__(self, path: Path, work: Path, threads: int) -> None:
+    def __init__(self, path: Path, work: Path, threads: int, calibration: Optional[list[np.ndarray]] = None) -> None:
         from seg.engine.checkpoint import load_segmenter, save_checkpoint
         from seg.export.common import ExportWrapper
         from seg.export.onnx import OnnxRunner, export_onnx
@@ -102,18 +118,38 @@ class _Runtimes:
         sample = torch.zeros(1, self.height, self.width, 3, dtype=torch.uint8)
         export_onnx(exportable, onnx_path, sample)  # static size, uint8 RGB NHWC in, logits out
         self.onnx = OnnxRunner(onnx_path, threads=threads)
+        self.tflite: dict[str, Any] = {}
+        if calibration is not None:
+            from seg.export.tflite import TFLiteRunner, export_tflite
+
+            nhwc = ExportWrapper(fold_batchnorm(self.model), include_preprocessing=True, channels_last=True).eval()
+            fp32_path, int8_path = work / f"{path.stem}.ours.tflite", work / f"{path.stem}.ours.int8.tflite"
+            batches = [np.ascontiguousarray(image[None]) for image in calibration]
+            self.tflite["tflite_fp32"] = TFLiteRunner(export_tflite(nhwc, fp32_path, sample), threads)
+            self.tflite["tflite_int8"] = TFLiteRunner(export_tflite(nhwc, int8_path, sample, batches), threads)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """The [H, W] class maps of the three runtimes for one uint8 RGB [H, W, 3] input."""
+        """The [H, W] class map of each runtime for one uint8 RGB [H, W, 3] input."""
         batch = np.ascontiguousarray(x[None])
         official = self.litert(batch if self.raw_input else (batch.astype(np.float32) - self.mean) / self.std)[0]
         with torch.inference_mode():
             logits = self.model(self.model.normalize(torch.from_numpy(batch).permute(0, 3, 1, 2)))
-        return {
+        maps = {
             "litert": official.argmax(-1) if self.official_kind == "logits" else official,
             "pytorch": logits[0].argmax(0).numpy(),
             "onnx": self.onnx(batch)[0].argmax(0),
         }
+        for key, runner in self.tflite.items():
+            maps[key] = runner(batch)[0].argmax(-1)
+        return maps
+
+
+def _input_size(path: Path) -> tuple[int, int]:
+    """(height, width) of an official file's static input."""
+    from seg.export.tflite import official_tflite_metadata
+
+    meta = official_tflite_metadata(path)
+    return int(meta["input"]["height"]), int(meta["input"]["width"])
 
 
 def _percent(value: Optional[float]) -> str:
@@ -184,14 +220,21 @@ def benchmark_official(cfg) -> dict[str, Any]:
         "ground_truth_images": sum(m is not None for m in masks),
         "models": {},
     }
+    tflite = _litert_torch_installed()
+    if not tflite:
+        log.warning('benchmark.official: litert-torch not installed (pip install ".[tflite]"): no TF Lite export rows')
+    keys = [key for key in RUNTIMES if tflite or key not in TFLITE_RUNTIMES]
     with tempfile.TemporaryDirectory(prefix="seg-official-") as tmp:
         for path in files:
-            print(f"converting {path.name} and exporting it to ONNX ...", flush=True)
-            runtimes = _Runtimes(path, Path(tmp), threads)
-            matrices = {key: ConfusionMatrix(runtimes.num_classes, IGNORE_INDEX) for key in RUNTIMES}
-            same = {key: 0 for key in RUNTIMES}
-            per_image: dict[str, dict[str, float]] = {key: {} for key in RUNTIMES}
-            per_image_accuracy: dict[str, dict[str, float]] = {key: {} for key in RUNTIMES}
+            print(f"converting {path.name} and exporting it to ONNX{' and TF Lite' if tflite else ''} ...", flush=True)
+            size = _input_size(path)
+            # int8 calibration: the benchmark's own images (all the real ones there are), stretched as fed.
+            calibration = [cv2.resize(image, size[::-1], interpolation=cv2.INTER_LINEAR) for image in images]
+            runtimes = _Runtimes(path, Path(tmp), threads, calibration if tflite else None)
+            matrices = {key: ConfusionMatrix(runtimes.num_classes, IGNORE_INDEX) for key in keys}
+            same = {key: 0 for key in keys}
+            per_image: dict[str, dict[str, float]] = {key: {} for key in keys}
+            per_image_accuracy: dict[str, dict[str, float]] = {key: {} for key in keys}
             pixels = 0
             bar = tqdm(list(zip(samples, images, masks)), desc=path.name, unit="img", dynamic_ncols=True)
             for sample, image, mask in bar:
@@ -212,7 +255,7 @@ def benchmark_official(cfg) -> dict[str, Any]:
                         hits = int((labels[valid] == mask[valid]).sum())
                         per_image_accuracy[key][sample.name] = hits / max(int(valid.sum()), 1)
             rows = {}
-            for key in RUNTIMES:
+            for key in keys:
                 metrics = matrices[key].compute()
                 scored = result["ground_truth_images"] > 0
                 rows[key] = {

@@ -67,14 +67,19 @@ def _pool_modules_by_resize(module: nn.Module) -> nn.Module:
 
 
 def _restore_source_functions(graph: torch.fx.GraphModule) -> None:
-    """litert-torch's quantizer finds additions, multiplications and concatenations by the Python
+    """litert-torch's quantizer finds additions, multiplications, concatenations and global pooling by the Python
     function that made each node (`source_fn_stack`), which `torch.export` no longer records: without
     it every residual addition stays float between a dequantize and a quantize. Restored from the ATen
     op, one partition per node."""
     import operator
 
     aten = torch.ops.aten
-    functions = {aten.add.Tensor: operator.add, aten.mul.Tensor: operator.mul, aten.cat.default: torch.cat}
+    functions = {
+        aten.add.Tensor: operator.add,
+        aten.mul.Tensor: operator.mul,
+        aten.cat.default: torch.cat,
+        aten.mean.dim: F.adaptive_avg_pool2d,  # global pooling (squeeze-and-excitation, image pooling)
+    }
     for node in graph.graph.nodes:
         if node.op == "call_function" and node.target in functions and not node.meta.get("source_fn_stack"):
             node.meta["source_fn_stack"] = [(node.name, functions[node.target])]

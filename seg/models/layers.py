@@ -74,10 +74,12 @@ class ConvBNAct(nn.Sequential):
                 return super().forward(F.pad(x, (left, right, top, bottom)))
             # Odd sizes (513 -> 257 -> 129 ...): "SAME" is symmetric, the conv's own padding, and exported
             # graphs carry no separate Pad (converters leave it, with layout transposes, at full resolution).
-            x = F.conv2d(x, conv.weight, conv.bias, conv.stride, (top, left), conv.dilation, conv.groups)
-            for layer in list(self.children())[1:]:
-                x = layer(x)
-            return x
+            # Set for this call only, on the module itself, so that module hooks (multiply-add counts) see it.
+            conv.padding = (top, left)
+            try:
+                return super().forward(x)
+            finally:
+                conv.padding = (0, 0)
         return super().forward(x)
 
 
