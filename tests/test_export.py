@@ -331,6 +331,12 @@ def test_tflite_export_is_nhwc_with_metadata_that_mediapipe_runs(tmp_path):
     ours = load_exported(path)(image)
     assert (ours == expected).mean() >= 0.999
     assert (_mediapipe_labels(path, image) == ours).mean() >= 0.99
+    # The file alone: its JSON gone, the metadata inside it says the same.
+    Path(f"{path}.json").unlink()
+    from seg.export.tflite_metadata import embedded_metadata
+
+    assert embedded_metadata(path) == meta
+    assert (load_exported(path)(image) == ours).all()
 
 
 def test_tflite_int8_is_full_integer_and_checked(tmp_path):

@@ -538,16 +538,20 @@ def load_exported(
     tile_size: Optional[int] = None,
     tile_overlap: float = 0.25,
 ) -> ExportedPredictor:
-    """An ExportedPredictor for a file written by tools/export.py (its metadata tells how to feed it),
-    or for an official TF Lite segmentation file (no metadata of ours: read from the file itself,
-    `official_tflite_metadata`). `providers`: see `load_runner`; `tile_size`: see ExportedPredictor."""
+    """An ExportedPredictor for a file written by tools/export.py (its metadata, beside it or inside
+    a TF Lite file, tells how to feed it), or for an official TF Lite segmentation file (no metadata
+    of ours: read from the file itself, `official_tflite_metadata`). `providers`: see `load_runner`;
+    `tile_size`: see ExportedPredictor."""
     runner = load_runner(path, threads, providers)
     metadata = read_metadata(path)
     if metadata is None and Path(path).suffix == ".tflite":
         from seg.export.tflite import official_tflite_metadata
+        from seg.export.tflite_metadata import embedded_metadata
 
-        metadata = official_tflite_metadata(path, runner.interpreter)
-        log.info("%s: no metadata of ours; read as an official TF Lite model", path)
+        metadata = embedded_metadata(path)  # ours, without its JSON beside it
+        if metadata is None:
+            metadata = official_tflite_metadata(path, runner.interpreter)
+            log.info("%s: no metadata of ours; read as an official TF Lite model", path)
     if metadata is None:
         raise ExportError(
             f"{path}: no metadata (expected {path}.json beside it, or ONNX metadata); export it with tools/export.py"

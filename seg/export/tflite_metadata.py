@@ -13,7 +13,7 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from seg.export.common import ExportError
 
@@ -95,7 +95,40 @@ def embed_tflite_metadata(path: str | os.PathLike, metadata: dict[str, Any]) -> 
     except (ValueError, RuntimeError) as exc:
         raise ExportError(f"{path}: writing TF Lite metadata failed: {str(exc).splitlines()[0]}") from exc
     finally:
-        # MediaPipe keeps this frame alive; a writer left in it would clean its temporary folder at
-        # interpreter exit, when `os` is gone, and print an ignored exception.
+        # Something in MediaPipe's populator keeps this frame alive: a writer left in it would clean its
+        # temporary folder at interpreter exit, when `os` is gone, and print an ignored exception.
         del writer
     path.write_bytes(bytes(content))
+
+
+def embedded_metadata(path: str | os.PathLike) -> Optional[dict[str, Any]]:
+    """The export metadata stored inside one of our `.tflite` files (custom metadata `seg`), for a
+    file whose JSON is not beside it; None for a file without it (the official DeepLab files) or
+    without MediaPipe's metadata schema installed. Read as data: flatbuffers and JSON only."""
+    try:
+        from mediapipe.tasks.metadata import metadata_schema_py_generated as schema
+    except ImportError:
+        return None
+    from ai_edge_litert import schema_py_generated as tflite_schema
+
+    data = Path(path).read_bytes()
+    try:
+        model = tflite_schema.Model.GetRootAsModel(data, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() != b"TFLITE_METADATA":
+                continue
+            buffer = model.Buffers(entry.Buffer())
+            if buffer.DataIsNone():
+                return None
+            metadata = schema.ModelMetadata.GetRootAsModelMetadata(buffer.DataAsNumpy().tobytes(), 0)
+            for j in range(metadata.SubgraphMetadataLength()):
+                subgraph = metadata.SubgraphMetadata(j)
+                for k in range(subgraph.CustomMetadataLength()):
+                    custom = subgraph.CustomMetadata(k)
+                    if custom.Name() == SEG_METADATA_NAME.encode():
+                        found = json.loads(custom.DataAsNumpy().tobytes())
+                        return found if isinstance(found, dict) else None
+    except (ValueError, IndexError, TypeError, AttributeError, UnicodeDecodeError):
+        return None  # not a flatbuffer we can read: the caller reads the file as an official one
+    return None
