@@ -372,6 +372,8 @@ class OfficialBenchConfig:
     # Images with no ground truth: agreement with the official runtime only
     extra_images: List[str] = field(default_factory=lambda: ["../shared/fixtures/official/images/bird.bmp"])
     output_dir: Optional[str] = None  # official.md, official.json (None: the run directory)
+    # Also our TF Lite fp32 and int8 exports of each conversion on LiteRT (needs litert-torch)
+    tflite: bool = True
 
 
 @dataclass

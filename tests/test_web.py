@@ -100,7 +100,7 @@ def test_web_export_refuses_dynamic_and_names_the_npm_command(tmp_path, monkeypa
     ckpt, data = tiny_checkpoint(tmp_path)
     with pytest.raises(ExportError, match="export.dynamic=true is not supported for export.format=web"):
         run_export(compose_config(*data, f"checkpoint={ckpt}", "export.format=web", "export.dynamic=true"))
-    with pytest.raises(ExportError, match="export.format=onnx, web or executorch"):
+    with pytest.raises(ExportError, match="export.format=onnx, web, executorch or tflite"):
         run_export(compose_config(*data, f"checkpoint={ckpt}", "export.format=torchscript", "export.quantize=int8"))
     monkeypatch.setenv(ORT_DIST_ENV, str(tmp_path / "no-dist"))
     with pytest.raises(ExportError, match=r"npm ci --prefix .*seg/web") as caught:

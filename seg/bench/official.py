@@ -220,8 +220,8 @@ def benchmark_official(cfg) -> dict[str, Any]:
         "ground_truth_images": sum(m is not None for m in masks),
         "models": {},
     }
-    tflite = _litert_torch_installed()
-    if not tflite:
+    tflite = bool(o.tflite) and _litert_torch_installed()
+    if o.tflite and not tflite:
         log.warning('benchmark.official: litert-torch not installed (pip install ".[tflite]"): no TF Lite export rows')
     keys = [key for key in RUNTIMES if tflite or key not in TFLITE_RUNTIMES]
     with tempfile.TemporaryDirectory(prefix="seg-official-") as tmp:
