@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 from conftest import compose_config, tiny_train_args
+from omegaconf import OmegaConf
 from test_export import checkpoint, config
 
 from seg.bench import TASKS, run_task
@@ -93,6 +95,53 @@ def test_latency_rows_for_trained_checkpoints(tmp_path, capsys):
     if executorch:
         assert row["et_fp32"]["median_ms"] > 0 and "et_int8" not in row
         assert "ExecuTorch fp32 | ExecuTorch int8 |" in out
+
+
+OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
+OFFICIAL_FLOAT = OFFICIAL / "models" / "deeplabv3_257_mv_gpu.tflite"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not OFFICIAL_FLOAT.is_file(), reason=f"{OFFICIAL_FLOAT} is absent")
+def test_latency_races_an_official_tflite_file_with_its_conversion(tmp_path, capsys):
+    """benchmark.latency.tflite_peers: the official file as it is, its conversion's TF Lite exports
+    at the file's size and signature, and the race in the targets."""
+    pytest.importorskip("litert_torch")
+    from seg.engine.checkpoint import save_checkpoint
+    from seg.models.official import convert_source
+
+    state = convert_source(OFFICIAL_FLOAT)
+    stored = OmegaConf.create(state["config"])
+    stored.dataset.root = str(OFFICIAL)  # its real VOC images calibrate and check the int8 file
+    state["config"] = OmegaConf.to_yaml(stored)
+    ckpt = tmp_path / "float257.pt"
+    save_checkpoint(ckpt, state)
+    cfg = config(tmp_path, "benchmark.task=latency", "benchmark.warmup=1", "benchmark.runs=2",
+                 "benchmark.latency.models=[]", f"benchmark.latency.checkpoints=[{ckpt}]",
+                 f"benchmark.latency.tflite_peers=[{OFFICIAL_FLOAT}]", "benchmark.latency.modes=[tfl_fp32,tfl_int8]",
+                 "benchmark.latency.agreement_images=1", "benchmark.latency.peak_runs=1")  # fmt: skip
+    result = run_task(cfg)
+    ours, official = result["results"]
+    assert ours["input_size"] == official["input_size"] == 257 and official["races"] == "trained 1"
+    assert ours["tflite_signature"] == "float32 NHWC in, logits out"
+    assert ours["tfl_fp32"]["median_ms"] > 0 and ours["tfl_int8"]["median_ms"] > 0
+    assert "tfl_fp32" in official and "tfl_int8" not in official  # a float file: the fp32 column
+    assert official["multiply_adds"] == ours["multiply_adds"] > 0
+    assert 0.9 <= ours["tfl_int8_agreement"] <= 1.0
+    (race,) = [t for t in result["targets"] if "vs official 1" in t["target"]]
+    assert race["goal"] == 1.0 and race["value"] > 0
+    out = capsys.readouterr().out
+    assert "LiteRT fp32 | LiteRT int8 |" in out and "(races trained 1)" in out
+
+
+@pytest.mark.skipif(not OFFICIAL_FLOAT.is_file(), reason=f"{OFFICIAL_FLOAT} is absent")
+def test_tflite_peers_need_their_checkpoints_and_a_litert_mode(tmp_path):
+    peers = f"benchmark.latency.tflite_peers=[{OFFICIAL_FLOAT}]"
+    with pytest.raises(ConfigError, match="give each official file the checkpoint it races"):
+        run_task(config(tmp_path, "benchmark.task=latency", "benchmark.latency.models=[]", peers,
+                        "benchmark.latency.modes=[tfl_fp32]"))  # fmt: skip
+    with pytest.raises(ConfigError, match="tfl_fp32 or tfl_int8"):
+        run_task(config(tmp_path, "benchmark.task=latency", "benchmark.latency.models=[]", peers))
 
 
 @pytest.mark.slow

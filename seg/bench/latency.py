@@ -401,6 +401,10 @@ def benchmark_latency(cfg: Any) -> dict[str, Any]:
         known = ", ".join(s.name for s in SPECS)
         raise ConfigError(f"unknown name in benchmark.latency.models {list(lat.models)}: known: {known}")
     # Official TF Lite files race the checkpoint at the same position (its conversion): same size, same signature.
+    if lat.tflite_peers and not {"tfl_fp32", "tfl_int8"} & set(lat.modes):
+        raise ConfigError(
+            "benchmark.latency.tflite_peers run on LiteRT: add tfl_fp32 or tfl_int8 to benchmark.latency.modes"
+        )
     peers = [tflite_peer_spec(path, i + 1) for i, path in enumerate(lat.tflite_peers)]
     if peers and len(lat.checkpoints) < len(peers):
         raise ConfigError(

@@ -9,6 +9,9 @@ seg/bench/).
     seg-benchmark tradeoff                  # encoders: latency vs multiply-adds, plot + table
     seg-benchmark latency                   # our models and peers: eager / fast / ONNX Runtime fp32, int8
     seg-benchmark latency benchmark.latency.checkpoints=[outputs/.../checkpoints/best.pt]
+    # LiteRT: our TF Lite exports, and official .tflite files raced by their conversions (same order)
+    seg-benchmark latency benchmark.latency.modes=[tfl_fp32,tfl_int8] benchmark.latency.models=[] \
+        benchmark.latency.checkpoints=[coral.pt] benchmark.latency.tflite_peers=[coral_quant.tflite]
     seg-benchmark official                  # official DeepLab .tflite vs our conversion, PyTorch + ONNX
     seg-benchmark web                       # the web page's time per frame in Chromium vs ONNX Runtime
     # fp32 / int8 PTQ / int8 QAT exports of float checkpoints and their QAT fine-tunes: mIoU, size, latency
