@@ -19,7 +19,7 @@ from seg.engine.checkpoint import CheckpointError, load_checkpoint, load_segment
 from seg.engine.qat import QatError, QatSegmenter
 from seg.engine.trainer import batches, restore, save, train, train_step
 from seg.errors import ConfigError
-from seg.export import run_export
+from seg.export import ExportError, run_export
 from seg.models.segmenter import build_segmenter
 
 
@@ -143,6 +143,11 @@ def test_export_uses_the_learned_ranges_and_the_benchmark_compares_the_three(syn
     meta = json.loads(next(p.value for p in proto.metadata_props if p.key == "seg"))
     assert meta["int8_ranges"] == "quantization-aware training" and meta["float_modules"] == []
     assert np.isfinite(report["miou_int8"])
+    tflite = compose_config(f"dataset.root={synth_root}", f"checkpoint={checkpoint}", "export.format=tflite",
+                            "export.quantize=int8", f"export.path={tmp_path / 'qat.tflite'}")  # fmt: skip
+    with pytest.raises(ExportError, match=r"train.qat.*export.format=tflite does not take"):
+        run_export(tflite)  # refused before any work, in one line
+    assert not (tmp_path / "qat.tflite").exists()
 
     # tools/benchmark.py compression: fp32, PTQ and QAT files of the pair, from the same exports.
     from seg.bench.compression import benchmark_compression

@@ -174,6 +174,12 @@ def run_export(cfg: DictConfig, keep_dataset: bool = False) -> dict[str, Any]:
     else:
         _check_destination(path, checkpoint, bool(e.overwrite))
     state = load_checkpoint(checkpoint)  # read once: the model, and a QAT run's learned ranges
+    if fmt == "tflite" and quantize and isinstance(state.get("qat"), dict):
+        raise ExportError(
+            f"{checkpoint} holds the ranges of quantization-aware training (train.qat), which export.format=tflite "
+            "does not take yet: export it as onnx or executorch, or export its float weights from a checkpoint of "
+            "the run before train.qat"
+        )
     model, stored = segmenter_from_state(state, checkpoint)
     dataset_cfg = cfg.dataset if keep_dataset else stored.dataset
     normalization = "custom" if stored.model.get("pixel_mean") is not None else _plain(stored.model.normalization)
@@ -347,12 +353,6 @@ def _quantize(
     labels = export_output(e) == "labels"
     sample = torch.from_numpy(inputs[0])
     qat = qat_from_state(state, model, stored, checkpoint)
-    if qat is not None and fmt == "tflite":
-        raise ExportError(
-            f"{checkpoint} holds the ranges of quantization-aware training (train.qat), which export.format=tflite "
-            "does not take yet: export it as onnx or executorch, or export its float weights from a checkpoint of "
-            "the run before train.qat"
-        )
     if qat is not None:
         # Quantization-aware training learned the ranges, for every layer: no calibration.
         metadata["float_modules"], metadata["int8_ranges"] = [], "quantization-aware training"
