@@ -89,8 +89,9 @@ def find_samples(voc_roots: list[str], extra_images: list[str]) -> list[Sample]:
 
 class _Runtimes:
     """One official file on the runtimes: uint8 RGB image at the input size -> class map. With
-    `calibration` (uint8 RGB images at the input size), also our TF Lite exports of the conversion,
-    fp32 and int8 calibrated on them (same signature as ONNX: raw bytes NHWC in, logits out)."""
+    `calibration` (uint8 RGB images), also our TF Lite exports of the conversion, fp32 and int8
+    calibrated on them, stretched to the input size as they are fed (same signature as ONNX: raw
+    bytes NHWC in, logits out)."""
 
     def __init__(self, path: Path, work: Path, threads: int, calibration: Optional[list[np.ndarray]] = None) -> None:
         from seg.engine.checkpoint import load_segmenter, save_checkpoint
@@ -124,7 +125,8 @@ class _Runtimes:
 
             nhwc = ExportWrapper(fold_batchnorm(self.model), include_preprocessing=True, channels_last=True).eval()
             fp32_path, int8_path = work / f"{path.stem}.ours.tflite", work / f"{path.stem}.ours.int8.tflite"
-            batches = [np.ascontiguousarray(image[None]) for image in calibration]
+            size = (self.width, self.height)
+            batches = [cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)[None] for image in calibration]
             self.tflite["tflite_fp32"] = TFLiteRunner(export_tflite(nhwc, fp32_path, sample), threads)
             self.tflite["tflite_int8"] = TFLiteRunner(export_tflite(nhwc, int8_path, sample, batches), threads)
 
@@ -142,14 +144,6 @@ class _Runtimes:
         for key, runner in self.tflite.items():
             maps[key] = runner(batch)[0].argmax(-1)
         return maps
-
-
-def _input_size(path: Path) -> tuple[int, int]:
-    """(height, width) of an official file's static input."""
-    from seg.export.tflite import official_tflite_metadata
-
-    meta = official_tflite_metadata(path)
-    return int(meta["input"]["height"]), int(meta["input"]["width"])
 
 
 def _percent(value: Optional[float]) -> str:
@@ -227,10 +221,8 @@ def benchmark_official(cfg) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="seg-official-") as tmp:
         for path in files:
             print(f"converting {path.name} and exporting it to ONNX{' and TF Lite' if tflite else ''} ...", flush=True)
-            size = _input_size(path)
-            # int8 calibration: the benchmark's own images (all the real ones there are), stretched as fed.
-            calibration = [cv2.resize(image, size[::-1], interpolation=cv2.INTER_LINEAR) for image in images]
-            runtimes = _Runtimes(path, Path(tmp), threads, calibration if tflite else None)
+            # int8 calibration: the benchmark's own images, all the real ones there are.
+            runtimes = _Runtimes(path, Path(tmp), threads, images if tflite else None)
             matrices = {key: ConfusionMatrix(runtimes.num_classes, IGNORE_INDEX) for key in keys}
             same = {key: 0 for key in keys}
             per_image: dict[str, dict[str, float]] = {key: {} for key in keys}
