@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 # Real VOC / COCO sample files kept beside the repository (never copied into it).
 REAL_FIXTURES = REPO.parent / "shared" / "fixtures" / "real"
+# The official DeepLab files and real VOC images with ground truth (README there); tests skip without them.
+OFFICIAL_FIXTURES = REPO.parent / "shared" / "fixtures" / "official"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_tool
-from conftest import REPO, compose_config
+from conftest import OFFICIAL_FIXTURES, REPO, compose_config
 from PIL import Image
 
 import seg
@@ -23,7 +23,7 @@ from seg.errors import ConfigError
 from seg.models.segmenter import HEAD_BUILDERS, build_segmenter, model_name
 from seg.models.weights import WeightsError
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
+OFFICIAL = OFFICIAL_FIXTURES
 
 
 def test_list_models_names_what_the_configs_hold():

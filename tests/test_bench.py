@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-from conftest import compose_config, tiny_train_args
+from conftest import OFFICIAL_FIXTURES, compose_config, tiny_train_args
 from omegaconf import OmegaConf
 from test_export import checkpoint, config
 
@@ -97,7 +96,7 @@ def test_latency_rows_for_trained_checkpoints(tmp_path, capsys):
         assert "ExecuTorch fp32 | ExecuTorch int8 |" in out
 
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
+OFFICIAL = OFFICIAL_FIXTURES
 OFFICIAL_FLOAT = OFFICIAL / "models" / "deeplabv3_257_mv_gpu.tflite"
 
 

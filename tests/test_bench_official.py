@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REAL_FIXTURES, compose_config
+from conftest import OFFICIAL_FIXTURES, REAL_FIXTURES, compose_config
 from PIL import Image
 
 from seg.bench import TASKS
@@ -20,7 +20,7 @@ from seg.config import check_config
 from seg.errors import ConfigError
 from seg.metrics import ConfusionMatrix
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
+OFFICIAL = OFFICIAL_FIXTURES
 MODELS = OFFICIAL / "models"
 FLOAT, QUANT = OFFICIAL_FILES
 BIRD = OFFICIAL / "images" / "bird.bmp"

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cli_helpers import assert_one_line_error, run_tool
-from conftest import compose_config
+from conftest import OFFICIAL_FIXTURES, compose_config
 from PIL import Image
 
 from seg.data.classes import VOC_CLASSES
@@ -23,7 +23,7 @@ from seg.export.runtime import load_exported
 from seg.export.tflite import official_tflite_metadata
 from seg.predict import build_predictor, read_image
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
+OFFICIAL = OFFICIAL_FIXTURES
 MODELS = OFFICIAL / "models"
 FLOAT = MODELS / "deeplabv3_257_mv_gpu.tflite"
 QUANT = MODELS / "deeplabv3_mnv2_dm05_pascal_quant.tflite"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import assert_one_line_error, run_tool
-from conftest import REAL_FIXTURES
+from conftest import OFFICIAL_FIXTURES, REAL_FIXTURES
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -26,7 +26,7 @@ from seg.models.official import convert_source
 from seg.models.weights import WeightsError
 from seg.predict import read_image
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
+OFFICIAL = OFFICIAL_FIXTURES
 FLOAT = OFFICIAL / "models" / "deeplabv3_257_mv_gpu.tflite"
 QUANT = OFFICIAL / "models" / "deeplabv3_mnv2_dm05_pascal_quant.tflite"
 VOC = OFFICIAL / "VOCdevkit" / "VOC2012"

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_config
+from conftest import OFFICIAL_FIXTURES, REPO, compose_config
 from omegaconf import OmegaConf
 
 import seg
 from seg import pretrained
 from seg.pretrained import RELEASES, PretrainedError, Release
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official"
+OFFICIAL = OFFICIAL_FIXTURES
 PAYLOAD = b"not really a model, but bytes with a known checksum\n" * 100
 NAME = "test_release"
 

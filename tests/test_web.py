@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import ENV, run_tool, tool_command
-from conftest import REPO, compose_config, randomize_batchnorm
+from conftest import OFFICIAL_FIXTURES, REPO, compose_config, randomize_batchnorm
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -33,7 +33,7 @@ from seg.images import read_image
 from seg.models import build_segmenter
 from seg.serve import ISOLATION_HEADERS, serving
 
-OFFICIAL = REPO.parent / "shared" / "fixtures" / "official"
+OFFICIAL = OFFICIAL_FIXTURES
 QUANT = OFFICIAL / "models" / "deeplabv3_mnv2_dm05_pascal_quant.tflite"
 VOC_IMAGE = OFFICIAL / "VOCdevkit" / "VOC2012" / "JPEGImages" / "2007_000033.jpg"
 AGREEMENT = 0.999  # of pixels, page against ONNX Runtime in Python
